@@ -1,0 +1,65 @@
+"""The success classifier as a plain torch module: a torchvision ResNet trunk and a small head."""
+import os
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from .checkpoint_io import load_state_dict_file
+
+RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class ResNetClassifier(nn.Module):
+    """ResNet backbone -> global pooled features -> head -> one logit per image (success vs failure).
+
+    ``hidden_dim`` None gives a linear head; an int gives Linear -> ReLU -> Dropout -> Linear.
+    ``pretrained`` is False or the path of a local torchvision ResNet weights file (``.pth``/``.pt``
+    /``.safetensors`` with the backbone's keys); nothing is downloaded.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        hidden_dim: Optional[int] = 256,
+        dropout: float = 0.0,
+        pretrained: Union[bool, str, None] = False,
+    ) -> None:
+        super().__init__()
+        if arch not in RESNET_ARCHS:
+            raise ValueError(f"arch must be one of {RESNET_ARCHS}, got {arch!r}")
+        backbone = getattr(torchvision.models, arch)(weights=None)
+        if pretrained:
+            if pretrained is True or not isinstance(pretrained, (str, os.PathLike)):
+                raise ValueError(
+                    "pretrained must be false or the path of a local torchvision weights file "
+                    f"(nothing is downloaded), got {pretrained!r}"
+                )
+            state = load_state_dict_file(str(pretrained))
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = backbone.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"pretrained weights {pretrained} do not fit {arch}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
+        feat_dim = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        if hidden_dim:
+            self.head = nn.Sequential(
+                nn.Linear(feat_dim, int(hidden_dim)), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(int(hidden_dim), 1)
+            )
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feat_dim, 1))
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The final Linear layer (its bias sets the prior logit)."""
+        return self.head[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)).squeeze(-1)

@@ -1,0 +1,81 @@
+"""PNG encoding off the caller's thread, with atomic file writes."""
+import os
+import queue
+import threading
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+from .checkpoint_io import atomic_write
+
+
+def write_png(path: str, image_rgb: np.ndarray) -> None:
+    """Encode an HxWx3 uint8 RGB image as PNG and write it atomically."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    if not ok:
+        raise IOError(f"PNG encoding failed for {path}")
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(buf.tobytes())
+
+    atomic_write(path, _write)
+
+
+def read_png(path: str) -> Optional[np.ndarray]:
+    """Read a PNG as HxWx3 uint8 RGB; None when the file is unreadable or corrupt."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    return img[..., ::-1].copy()
+
+
+class AsyncPngWriter:
+    """A background thread that encodes and writes PNG files; ``submit`` returns at once.
+
+    ``flush()`` blocks until everything submitted is on disk and re-raises the first write error.
+    """
+
+    def __init__(self, max_queue: int = 1024) -> None:
+        self._q: "queue.Queue[Optional[Tuple[str, np.ndarray]]]" = queue.Queue(maxsize=max_queue)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="png-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    write_png(*item)
+            except BaseException as e:  # kept and re-raised by flush()
+                self._error = e
+            finally:
+                self._q.task_done()
+
+    def submit(self, path: str, image_rgb: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put((path, np.asarray(image_rgb)))
+
+    def flush(self) -> None:
+        self._q.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __del__(self) -> None:
+        try:
+            if self._thread.is_alive():
+                self._q.put_nowait(None)
+        except Exception:
+            pass

@@ -1,0 +1,5 @@
+"""Image reward models; importing this package registers them in DI-engine's REWARD_MODEL_REGISTRY."""
+from .base_image_reward_model import BaseImageRewardModel
+from .resnet_reward_model import ResNetRewardModel
+
+__all__ = ["BaseImageRewardModel", "ResNetRewardModel"]

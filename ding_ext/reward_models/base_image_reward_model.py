@@ -1,0 +1,382 @@
+"""``BaseImageRewardModel``: the DI-engine reward-model contract for image success classifiers.
+
+Subclasses provide ``build_network()`` (a module mapping a float NCHW batch to one logit per image)
+and ``network_metadata()``; this class does the rest: label collection, class-balanced BCE
+training, reward estimation in every ``reward_mode`` x ``combine_mode``, checkpoints, debug images.
+"""
+import copy
+import logging
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ding.reward_model.base_reward_model import BaseRewardModel
+from easydict import EasyDict
+
+from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
+from ..debug_images import DebugImageWriter, debug_dir_from
+from ..image_utils import preprocess_images
+
+logger = logging.getLogger(__name__)
+
+REWARD_MODES = ("per_step", "terminal")
+COMBINE_MODES = ("replace", "add", "weighted")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def lookup(transition: Mapping, key: str) -> Any:
+    """Value at ``key`` in a transition: a top-level key, or a dotted path into nested dicts
+    (``next_obs.image``); also looks into ``info`` for a plain key. None when absent."""
+    node: Any = transition
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            node = None
+            break
+    if node is None and "." not in key and isinstance(transition.get("info"), Mapping):
+        node = transition["info"].get(key)
+    return node
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return bool(v.reshape(-1)[0].item()) if v.numel() else False
+    if isinstance(v, np.ndarray):
+        return bool(v.reshape(-1)[0]) if v.size else False
+    return bool(v)
+
+
+class BaseImageRewardModel(BaseRewardModel):
+    """Image success classifier as a DI-engine reward model (see ``config`` for every key)."""
+
+    config = dict(
+        # (str) Registry name used by ``create_reward_model``.
+        type='base_image',
+        # (list) Network input [C, H, W]; incoming images of any size are resized to H x W.
+        image_size=[3, 128, 128],
+        # (bool) Normalise with ImageNet mean/std (keep true with ImageNet-pretrained weights).
+        normalize=True,
+        # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16.
+        precision='fp32',
+        # (str) per_step: score every transition; terminal: score transitions with done=True, r=0 elsewhere.
+        reward_mode='terminal',
+        # (float) Model reward when the success probability is above ``reward_threshold``.
+        success_reward=1.0,
+        # (float) Model reward otherwise.
+        fail_reward=0.0,
+        # (float) Probability threshold for success.
+        reward_threshold=0.5,
+        # (bool) Use the success probability itself as the model reward instead of success/fail_reward.
+        use_soft_reward=False,
+        # (str) replace: w*r; add: env + w*r; weighted: env_reward_weight*env + w*r (w = reward_weight).
+        combine_mode='replace',
+        # (float) Weight w of the model reward.
+        reward_weight=1.0,
+        # (float) Weight of the env reward in ``weighted`` mode.
+        env_reward_weight=1.0,
+        # (str|None) Checkpoint to load at start (.safetensors with metadata, or .pt state dict).
+        checkpoint_path=None,
+        # (str|None) Save every scored image under resnet_success/ or resnet_fail/; env var DEBUG_IMAGE_SAVE_DIR also sets it.
+        debug_save_dir=None,
+        # (float) Adam learning rate of ``train()``.
+        learning_rate=1e-4,
+        # (float) Adam weight decay.
+        weight_decay=0.0,
+        # (int) Mini-batch size of ``train()``; half success, half failure images.
+        batch_size=64,
+        # (int) BCE steps per ``train()`` call.
+        update_per_collect=10,
+        # (int) ``clear_data(iter)`` empties the buffer when iter % clear_buffer_per_iters == 0.
+        clear_buffer_per_iters=100,
+        # (int) New transitions the DI-engine pipelines collect before each train(); kept at 1 (one collect call).
+        target_new_data_count=1,
+        # (int) Most (image, label) pairs kept per class; the oldest are dropped first.
+        max_buffer_size=20000,
+        # (int) Images per forward pass in ``estimate()`` / ``compute_rewards()``.
+        inference_batch_size=256,
+        # (str) Where a transition holds the reward image: a key, or a dotted path such as 'next_obs.image'.
+        image_key='reward_image',
+        # (str) Where a transition holds the env's success flag (the training label); also looked up in info.
+        success_key='success',
+        # (bool) Collect labelled images and train during RL. False = frozen model: collect_data and train do nothing.
+        cooptrain_reward=True,
+        # (bool) Train on a dataset before RL (read by our entries); see ``pretrain``.
+        pretrain_reward=False,
+        # (dict) Extra metadata stored in checkpoints and checked against them (e.g. the env's control_mode).
+        env_metadata={},
+        # (str) Where ``save()`` writes when no path is given.
+        exp_name='reward_model_exp',
+    )
+
+    def __init__(self, config: EasyDict, device: str = 'cpu', tb_logger: Optional[Any] = None) -> None:
+        super().__init__()
+        cfg = self.default_config()
+        cfg.update(copy.deepcopy(dict(config)))
+        self.cfg = EasyDict(cfg)
+        self._validate_config()
+        self.device = torch.device(device)
+        self.tb_logger = tb_logger
+        self.dtype = PRECISIONS[self.cfg.precision]
+        self.network = self.build_network().to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.network.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16 and self.device.type == 'cuda')
+        self.success_images: List[np.ndarray] = []
+        self.failure_images: List[np.ndarray] = []
+        self.train_iter = 0
+        self.weights_version = 0
+        self.loaded_metadata: Dict[str, Any] = {}
+        self._one_class_warned = False
+        dbg = debug_dir_from(self.cfg.debug_save_dir)
+        self.debug_writer = DebugImageWriter(dbg, self.cfg.reward_threshold) if dbg else None
+        if self.cfg.checkpoint_path:
+            if os.path.isfile(self.cfg.checkpoint_path):
+                self.load(self.cfg.checkpoint_path)
+            elif not (self.cfg.cooptrain_reward or self.cfg.pretrain_reward):
+                raise FileNotFoundError(
+                    f"reward_model.checkpoint_path {self.cfg.checkpoint_path} does not exist, and the model is frozen "
+                    "(cooptrain_reward and pretrain_reward are false); train one first (python -m "
+                    "ding_ext.train_reward_model) or enable cooptrain_reward/pretrain_reward"
+                )
+        elif not (self.cfg.cooptrain_reward or self.cfg.pretrain_reward):
+            raise ValueError(
+                "a frozen reward model (cooptrain_reward and pretrain_reward false) needs checkpoint_path"
+            )
+
+    # ------------------------------------------------------------------ to be provided by subclasses
+    def build_network(self) -> nn.Module:
+        raise NotImplementedError
+
+    def network_metadata(self) -> Dict[str, Any]:
+        """Fields that must agree between a checkpoint and the config."""
+        return dict(image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize))
+
+    # ------------------------------------------------------------------ config
+    def _validate_config(self) -> None:
+        c = self.cfg
+        if c.reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {c.reward_mode!r}")
+        if c.combine_mode not in COMBINE_MODES:
+            raise ValueError(f"combine_mode must be one of {COMBINE_MODES}, got {c.combine_mode!r}")
+        if c.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {c.precision!r}")
+        if len(c.image_size) != 3:
+            raise ValueError(f"image_size must be [C, H, W], got {c.image_size!r}")
+        if not 0.0 <= float(c.reward_threshold) <= 1.0:
+            raise ValueError(f"reward_threshold must lie in [0, 1], got {c.reward_threshold}")
+        if int(c.batch_size) < 2:
+            raise ValueError(f"batch_size must be >= 2 (half success, half failure), got {c.batch_size}")
+
+    # ------------------------------------------------------------------ images and probabilities
+    def preprocess_images(self, images: Any) -> torch.Tensor:
+        """Validated float NCHW batch on the model's device (the one path for training and inference)."""
+        return preprocess_images(
+            images, self.cfg.image_size, self.cfg.normalize, self.device, torch.float32,
+            channels_last=self.device.type == 'cuda'
+        )
+
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
+
+    def predict_proba(self, images: Any) -> torch.Tensor:
+        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``."""
+        was_training = self.network.training
+        self.network.eval()
+        out = []
+        try:
+            with torch.inference_mode(), self._autocast():
+                n = len(images)
+                if n == 0:
+                    raise ValueError("empty image batch: no images to score")
+                step = int(self.cfg.inference_batch_size)
+                for i in range(0, n, step):
+                    x = self.preprocess_images(images[i:i + step])
+                    out.append(torch.sigmoid(self.network(x).float()).cpu())
+        finally:
+            self.network.train(was_training)
+        return torch.cat(out)
+
+    def apply_threshold(self, probs: torch.Tensor) -> torch.Tensor:
+        """Model reward from probabilities: p itself with use_soft_reward, else success/fail_reward by threshold."""
+        probs = torch.as_tensor(probs, dtype=torch.float32)
+        if self.cfg.use_soft_reward:
+            return probs.clone()
+        return torch.where(
+            probs > float(self.cfg.reward_threshold),
+            torch.full_like(probs, float(self.cfg.success_reward)),
+            torch.full_like(probs, float(self.cfg.fail_reward)),
+        )
+
+    def combine(self, env_reward: torch.Tensor, model_reward: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        if c.combine_mode == 'replace':
+            return c.reward_weight * model_reward
+        if c.combine_mode == 'add':
+            return env_reward + c.reward_weight * model_reward
+        return c.env_reward_weight * env_reward + c.reward_weight * model_reward
+
+    def compute_rewards(self, images: Any) -> torch.Tensor:
+        """Model reward (before combining with the env reward) for a batch of images."""
+        probs = self.predict_proba(images)
+        self._dump_debug(images, probs)
+        return self.apply_threshold(probs)
+
+    def _dump_debug(self, images: Any, probs: torch.Tensor) -> None:
+        if self.debug_writer is not None:
+            self.debug_writer.write(images, probs.tolist())
+
+    # ------------------------------------------------------------------ DI-engine contract
+    def _image_of(self, transition: Mapping, index: int) -> Any:
+        image = lookup(transition, self.cfg.image_key)
+        if image is None:
+            raise KeyError(
+                f"transition {index} has no reward image at key {self.cfg.image_key!r} "
+                f"(reward_mode={self.cfg.reward_mode!r}); keys present: {sorted(transition.keys())}. "
+                "Make the env emit it (reward_render_mode) or set reward_model.image_key"
+            )
+        return image
+
+    def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Copies of ``data`` with ``reward`` replaced by the combined reward; ``data`` is left unchanged.
+
+        The reward image and label are dropped from the copies (the learner does not need them).
+        """
+        if len(data) == 0:
+            return []
+        out = [{k: v for k, v in t.items() if k != self.cfg.image_key} for t in data]
+        if self.cfg.reward_mode == 'per_step':
+            idx = list(range(len(data)))
+        else:
+            idx = [i for i, t in enumerate(data) if _as_bool(t.get('done', False))]
+        model_r = {}
+        if idx:
+            images = [self._image_of(data[i], i) for i in idx]
+            rewards = self.compute_rewards(images)
+            model_r = dict(zip(idx, rewards.tolist()))
+        for i, t in enumerate(out):
+            env_r = torch.as_tensor(data[i]['reward'], dtype=torch.float32)
+            r = torch.full_like(env_r, model_r.get(i, 0.0))
+            t['reward'] = self.combine(env_r, r)
+        return out
+
+    def collect_data(self, data: List[Dict[str, Any]]) -> None:
+        """Keep (image, label) pairs from transitions that carry an image; label = the env's success flag."""
+        if not self.cfg.cooptrain_reward:
+            return
+        for t in data:
+            image = lookup(t, self.cfg.image_key)
+            label = lookup(t, self.cfg.success_key)
+            if image is None or label is None:
+                continue
+            self.add_labelled_images([image], [_as_bool(label)])
+
+    def add_labelled_images(self, images: Sequence[Any], labels: Sequence[bool]) -> None:
+        """Add images (HWC uint8 preferred) with boolean labels to the training buffer."""
+        cap = int(self.cfg.max_buffer_size)
+        for image, label in zip(images, labels):
+            arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+            (self.success_images if label else self.failure_images).append(arr)
+        for buf in (self.success_images, self.failure_images):
+            if len(buf) > cap:
+                del buf[:len(buf) - cap]
+
+    def clear_data(self, iter: Optional[int] = None) -> None:
+        """Empty the buffer; with ``iter`` given, only when iter % clear_buffer_per_iters == 0."""
+        if iter is not None and int(iter) % int(self.cfg.clear_buffer_per_iters) != 0:
+            return
+        self.success_images.clear()
+        self.failure_images.clear()
+
+    def train(self, data: Any = None) -> Optional[Dict[str, float]]:
+        """``update_per_collect`` BCE steps on class-balanced mini-batches from the buffer.
+
+        Does nothing for a frozen model, or while one class has no images yet.
+        """
+        if not self.cfg.cooptrain_reward:
+            return None
+        if not self.success_images or not self.failure_images:
+            if not self._one_class_warned:
+                logger.info(
+                    "reward model not trained yet: buffer has %d success and %d failure images (needs both)",
+                    len(self.success_images), len(self.failure_images)
+                )
+                self._one_class_warned = True
+            return None
+        half = int(self.cfg.batch_size) // 2
+        stats = {}
+        for _ in range(int(self.cfg.update_per_collect)):
+            si = np.random.randint(len(self.success_images), size=half)
+            fi = np.random.randint(len(self.failure_images), size=half)
+            images = [self.success_images[i] for i in si] + [self.failure_images[i] for i in fi]
+            labels = torch.cat([torch.ones(half), torch.zeros(half)])
+            stats = self.train_step(images, labels)
+        return stats
+
+    def train_step(self, images: Any, labels: torch.Tensor, pos_weight: Optional[float] = None) -> Dict[str, float]:
+        """One optimiser step of BCE on a batch; logs loss and accuracy to tb_logger."""
+        self.network.train()
+        x = self.preprocess_images(images)
+        y = torch.as_tensor(labels, dtype=torch.float32, device=self.device).reshape(-1)
+        with self._autocast():
+            logits = self.network(x).float()
+        pw = None if pos_weight is None else torch.tensor(pos_weight, device=self.device)
+        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.weights_version += 1
+        acc = ((logits.detach() > 0).float() == y).float().mean().item()
+        stats = {'reward_loss': loss.item(), 'accuracy': acc}
+        if self.tb_logger is not None:
+            for k, v in stats.items():
+                self.tb_logger.add_scalar(f'reward_model/{k}', v, self.train_iter)
+        self.train_iter += 1
+        return stats
+
+    # ------------------------------------------------------------------ checkpoints
+    def metadata(self) -> Dict[str, Any]:
+        meta = self.network_metadata()
+        meta.update(dict(self.cfg.env_metadata or {}))
+        return meta
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {'model': self.network.state_dict(), 'metadata': self.metadata(), 'train_iter': self.train_iter}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        weights = state['model'] if 'model' in state else state
+        self._load_weights(weights, state.get('metadata', {}), source='state dict')
+
+    def save(self, path: Optional[str] = None, name: str = 'best') -> str:
+        """Write ``<path>/reward_model/<name>_model.safetensors`` (DI-engine's pipelines call save(path, name))."""
+        if path is None:
+            path = self.cfg.exp_name
+        file = path if path.endswith(('.safetensors', '.pt', '.pth')) else \
+            os.path.join(path, 'reward_model', f'{name}_model.safetensors')
+        return save_checkpoint(file, self.network.state_dict(), self.metadata())
+
+    def load(self, path: str) -> Dict[str, Any]:
+        """Load weights from a checkpoint, checking its metadata against this config."""
+        weights, meta = load_checkpoint(path)
+        self._load_weights(weights, meta, source=f"checkpoint {path}")
+        return meta
+
+    def _load_weights(self, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any], source: str) -> None:
+        check_metadata(meta, self.metadata(), source=source)
+        try:
+            self.network.load_state_dict(dict(weights))
+        except RuntimeError as e:
+            raise ValueError(f"{source} does not fit the configured network: {e}") from e
+        self.loaded_metadata = dict(meta)
+        self.weights_version += 1
+
+    def flush_debug_images(self) -> None:
+        if self.debug_writer is not None:
+            self.debug_writer.flush()
