@@ -1,0 +1,154 @@
+"""Image preprocessing errors, checkpoint round trips, metadata checks, RewardManager."""
+import numpy as np
+import pytest
+import torch
+from easydict import EasyDict
+
+from ding_ext.checkpoint_io import load_checkpoint, save_checkpoint
+from ding_ext.image_utils import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
+
+from .helpers import force_probability, make_model, separable_images
+
+
+def test_layouts_and_dtypes_agree():
+    rng = np.random.default_rng(0)
+    nhwc = rng.integers(0, 256, (2, 24, 20, 3), dtype=np.uint8)
+    a = preprocess_images(nhwc, (3, 24, 20), normalize=False)
+    b = preprocess_images(torch.from_numpy(nhwc).permute(0, 3, 1, 2), (3, 24, 20), normalize=False)
+    c = preprocess_images(nhwc.astype(np.float32) / 255.0, (3, 24, 20), normalize=False)
+    d = preprocess_images(nhwc[0], (3, 24, 20), normalize=False)
+    assert a.shape == (2, 3, 24, 20) and a.dtype == torch.float32
+    assert torch.allclose(a, b) and torch.allclose(a, c, atol=1e-6) and torch.allclose(a[:1], d)
+    assert float(a.max()) <= 1.0 and float(a.min()) >= 0.0
+
+
+def test_resize_and_normalise():
+    img = np.full((1, 50, 70, 3), 255, np.uint8)
+    x = preprocess_images(img, (3, 32, 32), normalize=True)
+    assert x.shape == (1, 3, 32, 32)
+    want = [(1.0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    assert x[0, :, 5, 5].tolist() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("images,match", [
+    (np.zeros((2, 32, 32, 4), np.uint8), "3 channels"),
+    (np.zeros((2, 1, 32, 32), np.uint8), "3 channels"),
+    (np.full((2, 32, 32, 3), 1.5, np.float32), r"\[0, 1\]"),
+    (np.full((2, 32, 32, 3), -0.1, np.float32), r"\[0, 1\]"),
+    (np.full((2, 32, 32, 3), np.nan, np.float32), "NaN"),
+    (np.zeros((0, 32, 32, 3), np.uint8), "empty"),
+    ([], "empty"),
+    (np.zeros((32, 32), np.uint8), "3-d"),
+    (np.zeros((2, 32, 32, 3), np.int64), "uint8 or float"),
+])
+def test_bad_images_give_clear_errors(images, match):
+    with pytest.raises(ValueError, match=match):
+        preprocess_images(images, (3, 32, 32))
+
+
+def test_model_rejects_bad_images():
+    model = make_model()
+    with pytest.raises(ValueError, match="3 channels"):
+        model.predict_proba(np.zeros((2, 32, 32, 1), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        model.predict_proba(np.zeros((0, 32, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    images, _ = separable_images(4)
+    model = make_model(arch='resnet18', hidden_dim=16)
+    path = model.save(str(tmp_path / f"m{suffix}"))
+    _, meta = load_checkpoint(path)
+    assert meta['arch'] == 'resnet18' and meta['hidden_dim'] == 16 and meta['image_size'] == [3, 32, 32]
+    assert meta['normalize'] is True
+    loaded = make_model(checkpoint_path=path)
+    assert torch.allclose(model.predict_proba(images), loaded.predict_proba(images), atol=1e-6)
+
+
+def test_save_via_pipeline_signature(tmp_path):
+    model = make_model()
+    path = model.save(path=str(tmp_path / "exp"), name='best')
+    assert path == str(tmp_path / "exp" / "reward_model" / "best_model.safetensors")
+    make_model(checkpoint_path=path)
+
+
+@pytest.mark.parametrize("field,value", [("arch", "resnet34"), ("hidden_dim", 32), ("image_size", [3, 64, 64]),
+                                         ("normalize", False)])
+def test_metadata_mismatch_names_field_and_values(tmp_path, field, value):
+    path = make_model().save(str(tmp_path / "m.safetensors"))
+    stored = {'arch': 'resnet18', 'hidden_dim': 16, 'image_size': [3, 32, 32], 'normalize': True}[field]
+    with pytest.raises(ValueError) as e:
+        make_model(checkpoint_path=path, **{field: value})
+    msg = str(e.value)
+    assert repr(field) in msg and repr(stored) in msg and repr(value) in msg
+
+
+def test_env_metadata_is_saved_and_checked(tmp_path):
+    path = make_model(env_metadata={'control_mode': 'pd_joint_delta_pos'}).save(str(tmp_path / "m.safetensors"))
+    assert load_checkpoint(path)[1]['control_mode'] == 'pd_joint_delta_pos'
+    with pytest.raises(ValueError, match="control_mode"):
+        make_model(checkpoint_path=path, env_metadata={'control_mode': 'pd_ee_delta_pose'})
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_pt_state_dicts_with_wrapper_prefixes_load(tmp_path, prefix):
+    src = make_model()
+    force_probability(src, 0.66)
+    path = str(tmp_path / "wrapped.pt")
+    torch.save({prefix + k: v for k, v in src.network.state_dict().items()}, path)
+    dst = make_model(checkpoint_path=path)
+    assert dst.predict_proba(np.zeros((1, 32, 32, 3), np.uint8)).item() == pytest.approx(0.66, abs=1e-5)
+
+
+def test_checkpoint_that_does_not_fit_is_an_error(tmp_path):
+    path = str(tmp_path / "other.pt")
+    torch.save({'foo.weight': torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="does not fit"):
+        make_model(checkpoint_path=path)
+    with pytest.raises(ValueError, match=".safetensors or .pt"):
+        save_checkpoint(str(tmp_path / "m.bin"), {}, {})
+
+
+def test_pretrained_local_weights_file(tmp_path):
+    import torchvision
+    ref = torchvision.models.resnet18(weights=None)
+    path = str(tmp_path / "resnet18-local.pth")
+    torch.save(ref.state_dict(), path)
+    model = make_model(pretrained=path)
+    assert torch.equal(model.network.backbone.conv1.weight, ref.conv1.weight)
+    with pytest.raises(ValueError, match="local"):
+        make_model(pretrained=True)
+
+
+def test_create_reward_model_and_manager(tb_logger, tmp_path):
+    import ding_ext
+    from ding.reward_model import create_reward_model
+    from ding_ext import RewardManager, ResNetRewardModel
+    model = create_reward_model(EasyDict(type='resnet', image_size=[3, 32, 32]), 'cpu', tb_logger)
+    assert isinstance(model, ResNetRewardModel)
+    assert 'resnet' in RewardManager.get_available_models()
+    cfg = ResNetRewardModel.default_config()
+    assert cfg.type == 'resnet' and cfg.arch == 'resnet18' and cfg.reward_mode in ('terminal', 'per_step')
+
+    class TinyReward(ding_ext.BaseImageRewardModel):
+        config = dict(ding_ext.BaseImageRewardModel.config, type='tiny_test')
+
+        def build_network(self):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1), torch.nn.Flatten(0))
+
+    RewardManager.register_model('tiny_test', TinyReward)
+    RewardManager.register_model('tiny_test', TinyReward)  # same class again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        RewardManager.register_model('resnet', TinyReward)
+    assert 'tiny_test' in RewardManager.get_available_models()
+    manager = RewardManager(dict(type='tiny_test', image_size=[3, 8, 8], normalize=False))
+    r = manager.compute_rewards(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
+    assert r.shape == (5, ) and set(r.tolist()) <= {0.0, 1.0}
+    assert manager.to_device('cpu') is manager
+    src = make_model()
+    force_probability(src, 0.9)
+    path = src.save(str(tmp_path / "m.safetensors"))
+    manager = RewardManager(dict(type='resnet', image_size=[3, 32, 32], hidden_dim=16, checkpoint_path=path,
+                                 cooptrain_reward=False, use_soft_reward=True))
+    np.testing.assert_allclose(manager.compute_rewards(np.zeros((3, 40, 40, 3), np.uint8)).numpy(), 0.9, atol=1e-5)
