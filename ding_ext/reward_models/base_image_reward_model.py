@@ -104,8 +104,12 @@ class BaseImageRewardModel(BaseRewardModel):
         success_key='success',
         # (bool) Collect labelled images and train during RL. False = frozen model: collect_data and train do nothing.
         cooptrain_reward=True,
-        # (bool) Train on a dataset before RL (read by our entries); see ``pretrain``.
+        # (bool) Train on ``pretrain_data_dir`` when the model is built, unless checkpoint_path already exists.
         pretrain_reward=False,
+        # (str|None) success/ + failure/ PNG folders for pretraining (stage 1's save_dir, or processed robot data).
+        pretrain_data_dir=None,
+        # (dict) Trainer options for pretraining (see ding_ext.train_reward_model.TRAIN_OPTIONS).
+        pretrain=dict(epochs=20, batch_size=64, val_split=0.1, early_stopping_patience=5, seed=0),
         # (dict) Extra metadata stored in checkpoints and checked against them (e.g. the env's control_mode).
         env_metadata={},
         # (str) Where ``save()`` writes when no path is given.
@@ -134,19 +138,42 @@ class BaseImageRewardModel(BaseRewardModel):
         self._one_class_warned = False
         dbg = debug_dir_from(self.cfg.debug_save_dir)
         self.debug_writer = DebugImageWriter(dbg, self.cfg.reward_threshold) if dbg else None
-        if self.cfg.checkpoint_path:
-            if os.path.isfile(self.cfg.checkpoint_path):
-                self.load(self.cfg.checkpoint_path)
-            elif not (self.cfg.cooptrain_reward or self.cfg.pretrain_reward):
+        self.pretrain_result: Optional[Dict[str, Any]] = None
+        if self.cfg.checkpoint_path and os.path.isfile(self.cfg.checkpoint_path):
+            self.load(self.cfg.checkpoint_path)
+        elif self.cfg.pretrain_reward:
+            self.pretrain_result = self.pretrain()
+        elif self.cfg.checkpoint_path:
+            if not self.cfg.cooptrain_reward:
                 raise FileNotFoundError(
                     f"reward_model.checkpoint_path {self.cfg.checkpoint_path} does not exist, and the model is frozen "
                     "(cooptrain_reward and pretrain_reward are false); train one first (python -m "
                     "ding_ext.train_reward_model) or enable cooptrain_reward/pretrain_reward"
                 )
-        elif not (self.cfg.cooptrain_reward or self.cfg.pretrain_reward):
+        elif not self.cfg.cooptrain_reward:
             raise ValueError(
                 "a frozen reward model (cooptrain_reward and pretrain_reward false) needs checkpoint_path"
             )
+
+    def pretrain(self) -> Dict[str, Any]:
+        """Train on ``pretrain_data_dir`` with the stage-2 trainer, load the best weights, and copy them to
+        ``checkpoint_path`` when one is configured (so the next run loads instead of training again)."""
+        from ..train_reward_model import train_reward_model
+        data_dir = self.cfg.pretrain_data_dir
+        if not data_dir:
+            raise ValueError("reward_model.pretrain_reward is true but reward_model.pretrain_data_dir is not set")
+        model_keys = set(self.default_config()) - {'checkpoint_path', 'pretrain_reward', 'pretrain', 'pretrain_data_dir',
+                                                   'cfg_type', 'exp_name', 'debug_save_dir', 'import_names'}
+        overrides = {f'model.{k}': copy.deepcopy(v) for k, v in self.cfg.items() if k in model_keys}
+        options = dict(self.cfg.pretrain or {})
+        options.setdefault('save_dir', os.path.join(self.cfg.exp_name, 'reward_model', 'pretrain'))
+        options.setdefault('device', str(self.device))
+        logger.info("pretraining the reward model on %s", data_dir)
+        result = train_reward_model(data_dir, **options, **overrides)
+        self.load(result['best_path'])
+        if self.cfg.checkpoint_path:
+            self.save(self.cfg.checkpoint_path)
+        return result
 
     # ------------------------------------------------------------------ to be provided by subclasses
     def build_network(self) -> nn.Module:

@@ -1,0 +1,147 @@
+"""Writes labelled reward images as ``<save_dir>/success/0001.png`` and ``<save_dir>/failure/0001.png``.
+
+The format the reward-model trainer reads. Numbering is 1-based and zero-padded to 4 digits (it
+grows to 5+ digits past 9999; readers sort numerically). A restart continues after the largest
+number in each folder and counts the files already there toward the targets, so nothing is
+overwritten. PNG encoding runs on a background thread. ``metadata.json`` records the env settings
+the images were produced with; a restart with different settings is an error naming the field.
+"""
+import json
+import os
+import re
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import numpy as np
+
+from .checkpoint_io import atomic_write, check_metadata
+from .image_utils import to_uint8_hwc
+from .png_writer import AsyncPngWriter
+
+CLASSES = ("success", "failure")
+_NUM_RE = re.compile(r"^(\d+)\.png$")
+
+
+def numbered_pngs(folder: str):
+    """(number, path) of ``<digits>.png`` files in ``folder``, sorted numerically."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = _NUM_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+class LabelledImageWriter:
+    """Samples and writes success/failure images up to per-class targets."""
+
+    def __init__(
+        self,
+        save_dir: str,
+        target_success: int = 5000,
+        target_failure: int = 5000,
+        sample_rate_success: float = 1.0,
+        sample_rate_fail: float = 0.01,
+        metadata: Optional[Mapping[str, Any]] = None,
+        seed: int = 0,
+        tb_logger: Any = None,
+        progress: bool = True,
+    ) -> None:
+        for name, rate in (("sample_rate_success", sample_rate_success), ("sample_rate_fail", sample_rate_fail)):
+            if not 0.0 <= float(rate) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {rate}")
+        self.save_dir = save_dir
+        self.targets = {"success": int(target_success), "failure": int(target_failure)}
+        self.rates = {"success": float(sample_rate_success), "failure": float(sample_rate_fail)}
+        self.dirs = {c: os.path.join(save_dir, c) for c in CLASSES}
+        for d in self.dirs.values():
+            os.makedirs(d, exist_ok=True)
+        self.counts: Dict[str, int] = {}
+        self._next: Dict[str, int] = {}
+        for c in CLASSES:
+            files = numbered_pngs(self.dirs[c])
+            self.counts[c] = len(files)
+            self._next[c] = (files[-1][0] + 1) if files else 1
+        self.resumed = dict(self.counts)
+        self.seen = {c: 0 for c in CLASSES}
+        self._write_metadata(dict(metadata or {}))
+        self._rng = np.random.default_rng(seed + sum(self.counts.values()))
+        self._png = AsyncPngWriter()
+        self.tb_logger = tb_logger
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+            self._bar = tqdm(
+                total=sum(self.targets.values()), initial=min(self.counts["success"], self.targets["success"]) +
+                min(self.counts["failure"], self.targets["failure"]), desc="reward images", unit="img",
+                dynamic_ncols=True
+            )
+            self._update_bar(0)
+
+    def _write_metadata(self, metadata: Dict[str, Any]) -> None:
+        path = os.path.join(self.save_dir, "metadata.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                existing = json.load(f)
+            check_metadata(existing, metadata, source=f"existing dataset {self.save_dir}")
+            metadata = {**existing, **metadata}
+
+        def _write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump(metadata, f, indent=2, sort_keys=True)
+
+        atomic_write(path, _write)
+
+    def full(self, cls: str) -> bool:
+        return self.counts[cls] >= self.targets[cls]
+
+    @property
+    def done(self) -> bool:
+        return all(self.full(c) for c in CLASSES)
+
+    def add(self, image: Any, success: bool) -> bool:
+        """Sample one frame; returns True when it was queued for writing."""
+        cls = "success" if success else "failure"
+        self.seen[cls] += 1
+        if self.full(cls) or self._rng.random() >= self.rates[cls]:
+            return False
+        path = os.path.join(self.dirs[cls], f"{self._next[cls]:04d}.png")
+        self._png.submit(path, to_uint8_hwc(image))
+        self._next[cls] += 1
+        self.counts[cls] += 1
+        self._update_bar(1)
+        return True
+
+    def add_transitions(self, transitions: Iterable[Mapping[str, Any]], image_key: str = "reward_image",
+                        success_key: str = "success", step: Optional[int] = None) -> int:
+        """Add every transition that carries an image; the label is its success flag. Returns frames written."""
+        from .reward_models.base_image_reward_model import _as_bool, lookup
+        written = 0
+        for t in transitions:
+            image = lookup(t, image_key)
+            if image is None:
+                continue
+            written += self.add(image, _as_bool(lookup(t, success_key) or False))
+        if self.tb_logger is not None and step is not None:
+            self.tb_logger.add_scalar("reward_data/success_count", self.counts["success"], step)
+            self.tb_logger.add_scalar("reward_data/failure_count", self.counts["failure"], step)
+        return written
+
+    def _update_bar(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+            self._bar.set_postfix(
+                success=f"{self.counts['success']}/{self.targets['success']}",
+                failure=f"{self.counts['failure']}/{self.targets['failure']}",
+                refresh=False
+            )
+
+    def flush(self) -> None:
+        self._png.flush()
+
+    def close(self) -> None:
+        self._png.close()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,114 @@
+"""Building blocks shared by the PickCube configs (each config file composes them and runs itself).
+
+Settings in ``REWARD_IMAGE_SETTINGS`` must be the same when images are collected (stage 1) and
+when the learned reward is used (stage 4): they are recorded with the images, copied into the
+reward checkpoint by the trainer, and checked against it at start.
+"""
+from copy import deepcopy
+
+from easydict import EasyDict
+
+# ---- env ----------------------------------------------------------------------------------------
+REWARD_IMAGE_SETTINGS = dict(
+    # (str) controller of the Panda; 8-dim joint deltas
+    control_mode='pd_joint_delta_pos',
+    # (str) reward image only on the final step of each episode (what terminal reward mode scores)
+    reward_render_mode='episode_end',
+    # (bool) hide the green goal marker from the reward camera
+    show_goal_site=False,
+    # (list) reward image size [C, H, W]
+    image_size=[3, 128, 128],
+)
+
+ENV = dict(
+    env_id='PickCube-v1',
+    reward_mode='dense',
+    sim_backend='cpu',
+    max_episode_steps=50,
+    reward_camera='base_camera',
+    collector_env_num=2,
+    evaluator_env_num=2,
+    n_evaluator_episode=4,
+    # never stop early on return: runs end at max_train_iter
+    stop_value=int(1e9),
+    # spawn: SAPIEN's Vulkan state does not survive fork (the parent has built one env for the spaces)
+    manager=dict(shared_memory=False, context='spawn'),
+    **REWARD_IMAGE_SETTINGS,
+)
+OBS_SHAPE, ACTION_SHAPE = 42, 8
+
+# ---- policies -----------------------------------------------------------------------------------
+PPO = dict(
+    cuda=False,
+    action_space='continuous',
+    # rewards changed by the reward model's estimate() must reach the advantages
+    recompute_adv=True,
+    model=dict(
+        obs_shape=OBS_SHAPE, action_shape=ACTION_SHAPE, action_space='continuous',
+        encoder_hidden_size_list=[256, 256], actor_head_hidden_size=256, critic_head_hidden_size=256,
+    ),
+    learn=dict(
+        epoch_per_collect=4, batch_size=200, learning_rate=3e-4, value_weight=0.5, entropy_weight=0.0,
+        clip_ratio=0.2, adv_norm=True, value_norm=True,
+        learner=dict(hook=dict(save_ckpt_after_iter=50, save_ckpt_after_run=True)),
+    ),
+    collect=dict(n_sample=400, unroll_len=1, discount_factor=0.8, gae_lambda=0.9),
+    eval=dict(evaluator=dict(eval_freq=25)),
+)
+
+SAC = dict(
+    cuda=False,
+    random_collect_size=1000,
+    model=dict(
+        obs_shape=OBS_SHAPE, action_shape=ACTION_SHAPE, twin_critic=True, action_space='reparameterization',
+        actor_head_hidden_size=256, critic_head_hidden_size=256,
+    ),
+    learn=dict(
+        update_per_collect=32, batch_size=256, learning_rate_q=3e-4, learning_rate_policy=3e-4,
+        learning_rate_alpha=3e-4, auto_alpha=True, discount_factor=0.8,
+        learner=dict(hook=dict(save_ckpt_after_iter=500, save_ckpt_after_run=True)),
+    ),
+    collect=dict(n_sample=128),
+    eval=dict(evaluator=dict(eval_freq=500)),
+    other=dict(replay_buffer=dict(replay_buffer_size=100000)),
+)
+
+# ---- the ResNet reward ----------------------------------------------------------------------------
+RESNET_REWARD = dict(
+    type='resnet',
+    import_names=['ding_ext'],
+    arch='resnet18',
+    hidden_dim=256,
+    image_size=REWARD_IMAGE_SETTINGS['image_size'],
+    # the classifier's success decision at the final frame replaces the env reward
+    reward_mode='terminal',
+    combine_mode='replace',
+    success_reward=1.0,
+    fail_reward=0.0,
+    reward_threshold=0.5,
+    # stage 2's output; a frozen model (no co-training) in stage 4
+    checkpoint_path='pickcube_reward_model/best_model.safetensors',
+    cooptrain_reward=False,
+    pretrain_reward=False,
+    # where pretrain_reward finds images (stage 1's output)
+    pretrain_data_dir='pickcube_reward_data',
+)
+
+CREATE_ENV = dict(type='maniskill', import_names=['dizoo_maniskill.envs.maniskill_env'])
+
+
+def make_config(exp_name, policy, policy_type, env_manager='subprocess', reward_model=None, **extra):
+    """A (main_config, create_config) pair of EasyDicts."""
+    main = dict(exp_name=exp_name, env=deepcopy(ENV), policy=deepcopy(policy), **deepcopy(extra))
+    if reward_model is not None:
+        main['reward_model'] = deepcopy(reward_model)
+    create = dict(
+        env=deepcopy(CREATE_ENV),
+        env_manager=dict(type=env_manager),
+        policy=dict(type=policy_type, import_names=['ding_ext.policies']),
+    )
+    if policy_type.startswith('sac'):
+        create['replay_buffer'] = dict(type='naive')
+    if reward_model is not None:
+        create['reward_model'] = dict(type=reward_model['type'], import_names=reward_model['import_names'])
+    return EasyDict(main), EasyDict(create)

@@ -1,0 +1,259 @@
+"""``ManiSkillEnv``: any ManiSkill3 task as a DI-engine env with state observations for the policy
+and, on demand, an RGB image from one sensor camera for an image reward model.
+
+The ManiSkill env is created with ``obs_mode='state'``, so a normal step renders nothing. The reward
+image is captured only when needed (``reward_render_mode``) by rendering the chosen sensor camera of
+the same scene directly (see ``render_reward_image``).
+
+ManiSkill speaks gymnasium with batched torch tensors (batch of 1 on the CPU backend); this class
+converts everything once, in ``step``, to DI-engine's gym-0.25 style
+``BaseEnvTimestep(obs, reward, done, info)`` with numpy / python values.
+"""
+import copy
+from typing import Any, List, Optional
+
+import gym
+import numpy as np
+from ding.envs import BaseEnv, BaseEnvTimestep
+from ding.utils import ENV_REGISTRY
+from easydict import EasyDict
+
+REWARD_RENDER_MODES = ('episode_end', 'every_step', 'none')
+
+
+def _item(x: Any) -> Any:
+    """A python scalar from a ManiSkill value (batched torch tensor of one element, numpy or python)."""
+    if hasattr(x, 'reshape'):
+        x = x.reshape(-1)[0]
+    return x.item() if hasattr(x, 'item') else x
+
+
+def _to_gym_box(space: Any) -> gym.spaces.Box:
+    """gymnasium Box -> gym (0.25, DI-engine's) float32 Box."""
+    return gym.spaces.Box(
+        low=np.asarray(space.low, dtype=np.float32),
+        high=np.asarray(space.high, dtype=np.float32),
+        dtype=np.float32,
+    )
+
+
+@ENV_REGISTRY.register('maniskill')
+class ManiSkillEnv(BaseEnv):
+    """ManiSkill3 task with flat float32 state observations and an optional reward-camera image in
+    ``timestep.info['reward_image']`` (HxWx3 uint8). See ``config`` for every key."""
+
+    OBS_MODE = 'state'
+
+    config = dict(
+        # (str) ManiSkill3 task id.
+        env_id='PickCube-v1',
+        # (str) ManiSkill controller; 'pd_joint_delta_pos' gives the Panda an 8-dim action in [-1, 1].
+        control_mode='pd_joint_delta_pos',
+        # (str) ManiSkill's env reward: dense | normalized_dense | sparse.
+        reward_mode='dense',
+        # (str) Physics backend; 'cpu' is one env per process (DI-engine env managers parallelise).
+        sim_backend='cpu',
+        # (str or None) Render backend; None keeps ManiSkill's default (falls back to CPU/lavapipe).
+        render_backend=None,
+        # (int) Episode length after which the episode is truncated (done=True).
+        max_episode_steps=50,
+        # (list) Reward image size [C, H, W] (same format as the reward model's image_size); C must be 3.
+        image_size=[3, 128, 128],
+        # (str) Sensor camera that renders the reward image (PickCube: 'base_camera').
+        reward_camera='base_camera',
+        # (str) When to put the image into info: episode_end (only at done=True) | every_step | none.
+        reward_render_mode='episode_end',
+        # (bool) Show the task's hidden goal markers (PickCube: the green goal sphere) in the reward image.
+        show_goal_site=False,
+        # (int) Number of collector envs returned by ``create_collector_env_cfg``.
+        collector_env_num=1,
+        # (int) Number of evaluator envs returned by ``create_evaluator_env_cfg``.
+        evaluator_env_num=1,
+    )
+
+    @classmethod
+    def default_config(cls: type) -> EasyDict:
+        cfg = EasyDict(copy.deepcopy(cls.config))
+        cfg.cfg_type = cls.__name__ + 'Dict'
+        return cfg
+
+    def __init__(self, cfg: Optional[dict] = None) -> None:
+        merged = self.default_config()
+        merged.update(copy.deepcopy(dict(cfg or {})))
+        self._cfg = merged
+        if self._cfg.reward_render_mode not in REWARD_RENDER_MODES:
+            raise ValueError(
+                f"reward_render_mode must be one of {REWARD_RENDER_MODES}, got {self._cfg.reward_render_mode!r}"
+            )
+        if len(self._cfg.image_size) != 3 or int(self._cfg.image_size[0]) != 3:
+            raise ValueError(f"image_size must be [3, H, W], got {self._cfg.image_size!r}")
+        self._env = None  # the gymnasium ManiSkill env, created on the first reset()
+        self._observation_space = None
+        self._action_space = None
+        self._reward_space = gym.spaces.Box(low=-np.inf, high=np.inf, shape=(1, ), dtype=np.float32)
+        self._seed = None
+        self._dynamic_seed = True
+        self._seed_rng = None
+        self._episode_return = 0.0
+        self._episode_len = 0
+        self._success_once = False
+
+    # ------------------------------------------------------------------ creation / spaces
+    def _make_env(self):
+        import gymnasium
+        import mani_skill.envs  # noqa: F401  (registers the ManiSkill task ids with gymnasium)
+
+        _, height, width = (int(v) for v in self._cfg.image_size)
+        kwargs = dict(
+            obs_mode=self.OBS_MODE,
+            control_mode=self._cfg.control_mode,
+            reward_mode=self._cfg.reward_mode,
+            sim_backend=self._cfg.sim_backend,
+            max_episode_steps=int(self._cfg.max_episode_steps),
+            # only the reward camera is resized; in state obs mode no camera renders unless asked to
+            sensor_configs={self._cfg.reward_camera: dict(width=width, height=height)},
+        )
+        if self._cfg.render_backend is not None:
+            kwargs['render_backend'] = self._cfg.render_backend
+        try:
+            env = gymnasium.make(self._cfg.env_id, **kwargs)
+        except AttributeError as e:
+            # ManiSkill reads an unknown camera name as a (nonexistent) global camera attribute
+            raise ValueError(
+                f"reward_camera {self._cfg.reward_camera!r} is not a sensor camera of {self._cfg.env_id}"
+            ) from e
+        base = env.unwrapped
+        if self._observation_space is None:
+            self._observation_space = _to_gym_box(base.single_observation_space)
+            self._action_space = _to_gym_box(base.single_action_space)
+            if self._seed is not None:
+                self._action_space.seed(self._seed)
+        return env
+
+    def _ensure_spaces(self) -> None:
+        # DI-engine env managers read the spaces from an env that was never reset: build them from a
+        # temporary ManiSkill env and cache them (spaces are plain gym objects, safe to pickle).
+        if self._observation_space is None:
+            self._make_env().close()
+
+    @property
+    def observation_space(self) -> gym.spaces.Space:
+        self._ensure_spaces()
+        return self._observation_space
+
+    @property
+    def action_space(self) -> gym.spaces.Space:
+        self._ensure_spaces()
+        return self._action_space
+
+    @property
+    def reward_space(self) -> gym.spaces.Space:
+        return self._reward_space
+
+    @property
+    def unwrapped_env(self):
+        """The ManiSkill gymnasium env (None before the first reset)."""
+        return self._env
+
+    # ------------------------------------------------------------------ DI-engine interface
+    def seed(self, seed: int, dynamic_seed: bool = True) -> None:
+        """DI-engine convention: with ``dynamic_seed`` every reset uses ``seed + 100 * randint(1, 1000)``
+        (drawn from a numpy RNG seeded with ``seed``, so the sequence is reproducible); without it every
+        reset reuses ``seed`` (same initial state every episode)."""
+        self._seed = int(seed)
+        self._dynamic_seed = dynamic_seed
+        self._seed_rng = np.random.RandomState(self._seed)
+        if self._action_space is not None:
+            self._action_space.seed(self._seed)
+
+    def reset(self) -> np.ndarray:
+        if self._env is None:
+            self._env = self._make_env()
+        reset_seed = None
+        if self._seed is not None:
+            reset_seed = self._seed
+            if self._dynamic_seed:
+                reset_seed += 100 * int(self._seed_rng.randint(1, 1000))
+            self._action_space.seed(reset_seed)
+        obs, _ = self._env.reset(seed=reset_seed)
+        self._episode_return = 0.0
+        self._episode_len = 0
+        self._success_once = False
+        return self._to_obs(obs)
+
+    def step(self, action: np.ndarray) -> BaseEnvTimestep:
+        assert self._env is not None, "call reset() before step()"
+        action = np.asarray(action, dtype=np.float32).reshape(self._action_space.shape)
+        obs, reward, terminated, truncated, ms_info = self._env.step(action)
+        # the one conversion boundary: batched torch tensors -> numpy / python scalars
+        reward = float(_item(reward))
+        terminated = bool(_item(terminated))
+        truncated = bool(_item(truncated))
+        success = bool(_item(ms_info['success'])) if 'success' in ms_info else False
+        done = terminated or truncated
+        self._episode_len += 1
+        self._episode_return += reward
+        self._success_once = self._success_once or success
+        info = dict(
+            success=success,
+            success_once=self._success_once,
+            episode_len=self._episode_len,
+            terminated=terminated,
+            truncated=truncated,
+        )
+        if done:
+            info['eval_episode_return'] = self._episode_return
+        mode = self._cfg.reward_render_mode
+        if mode == 'every_step' or (mode == 'episode_end' and done):
+            info['reward_image'] = self.render_reward_image()
+        return BaseEnvTimestep(self._to_obs(obs), np.array([reward], dtype=np.float32), done, info)
+
+    def render_reward_image(self) -> np.ndarray:
+        """RGB uint8 HxWx3 image of the current state from ``reward_camera`` at ``image_size``.
+
+        The env runs in state obs mode, so nothing is rendered by ``step``; here the camera's scene is
+        updated and that one camera takes a picture. ManiSkill's hidden objects (goal markers) are
+        hidden or shown according to ``show_goal_site``."""
+        assert self._env is not None, "call reset() before render_reward_image()"
+        base = self._env.unwrapped
+        for obj in base._hidden_objects:
+            if self._cfg.show_goal_site:
+                obj.show_visual()
+            else:
+                obj.hide_visual()
+        base.scene.update_render(update_sensors=True, update_human_render_cameras=False)
+        camera = base.scene.sensors[self._cfg.reward_camera]
+        camera.capture()
+        rgb = camera.get_obs(rgb=True, depth=False, position=False, segmentation=False)['rgb']
+        return np.ascontiguousarray(rgb[0].cpu().numpy(), dtype=np.uint8)
+
+    def random_action(self) -> np.ndarray:
+        return self.action_space.sample().astype(np.float32)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env = None
+
+    @staticmethod
+    def create_collector_env_cfg(cfg: dict) -> List[dict]:
+        cfg = copy.deepcopy(cfg)
+        collector_env_num = cfg.pop('collector_env_num', 1)
+        cfg.pop('manager', None)
+        return [cfg for _ in range(collector_env_num)]
+
+    @staticmethod
+    def create_evaluator_env_cfg(cfg: dict) -> List[dict]:
+        cfg = copy.deepcopy(cfg)
+        evaluator_env_num = cfg.pop('evaluator_env_num', 1)
+        cfg.pop('manager', None)
+        return [cfg for _ in range(evaluator_env_num)]
+
+    def _to_obs(self, obs: Any) -> np.ndarray:
+        return np.asarray(obs[0].cpu().numpy(), dtype=np.float32).reshape(-1)
+
+    def __repr__(self) -> str:
+        return (
+            f"DI-engine ManiSkill Env({self._cfg.env_id}, control_mode={self._cfg.control_mode}, "
+            f"reward_render_mode={self._cfg.reward_render_mode})"
+        )

@@ -1,0 +1,300 @@
+"""Serial pipelines: DI-engine's learner, collector, evaluator and buffer, with an image reward model.
+
+Compared with DI-engine 0.5.3's ``serial_pipeline_reward_model_onpolicy/offpolicy`` these add:
+
+- ``cooptrain_reward``: ``collect_data`` / ``train`` / ``clear_data`` every iteration, labels from the
+  env's success flag; ``pretrain_reward``: train the reward model on its configured dataset before RL
+  (unless ``checkpoint_path`` already holds one); both false: a frozen model from ``checkpoint_path``.
+- an optional reward model (plain dense-reward RL) and optional ``reward_data_collection`` (stage 1:
+  success/failure images written while the policy trains);
+- policy resume from ``policy.resume_dir`` (an experiment directory) or ``policy.load_path``;
+- per-iteration agreement between the learned reward and env success (``reward_model/precision``,
+  ``reward_model/recall``, ``reward_model/env_accuracy``) so reward hacking is visible.
+
+Rewards reach the learner only through ``reward_model.estimate()``.
+"""
+import glob
+import os
+import re
+from copy import deepcopy
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from ding.config import compile_config, read_config
+from ding.envs import create_env_manager, get_vec_env_setting
+from ding.policy import create_policy
+from ding.reward_model import create_reward_model
+from ding.utils import set_pkg_seed
+from ding.worker import BaseLearner, BaseSerialCommander, InteractionSerialEvaluator, create_buffer, \
+    create_serial_collector
+from ditk import logging
+from easydict import EasyDict
+from tensorboardX import SummaryWriter
+
+from ding_ext.image_dataset_writer import LabelledImageWriter
+from ding_ext.policies import IMAGE_KEY
+
+# env config fields recorded with collected images and checked against a reward checkpoint
+ENV_METADATA_FIELDS = {'control_mode': 'control_mode', 'reward_render_mode': 'reward_render_mode',
+                       'show_goal_site': 'show_goal_site', 'image_size': 'env_image_size'}
+
+
+@dataclass
+class Workers:
+    cfg: EasyDict
+    policy: Any
+    learner: BaseLearner
+    collector: Any
+    evaluator: InteractionSerialEvaluator
+    commander: BaseSerialCommander
+    replay_buffer: Any
+    reward_model: Any
+    image_writer: Optional[LabelledImageWriter]
+    tb_logger: SummaryWriter
+
+
+def env_metadata(env_cfg: EasyDict) -> Dict[str, Any]:
+    """The env settings that must agree between image collection and reward use."""
+    return {meta: env_cfg[key] for key, meta in ENV_METADATA_FIELDS.items() if key in env_cfg}
+
+
+def latest_checkpoint(resume_dir: str) -> str:
+    """The newest ``iteration_N.pth.tar`` (or ``ckpt_best.pth.tar``) under ``<resume_dir>/ckpt``."""
+    ckpt_dir = os.path.join(resume_dir, 'ckpt')
+    its = []
+    for path in glob.glob(os.path.join(ckpt_dir, 'iteration_*.pth.tar')):
+        m = re.search(r'iteration_(\d+)\.pth\.tar$', path)
+        if m:
+            its.append((int(m.group(1)), path))
+    if its:
+        return max(its)[1]
+    best = os.path.join(ckpt_dir, 'ckpt_best.pth.tar')
+    if os.path.isfile(best):
+        return best
+    raise FileNotFoundError(f"policy.resume_dir {resume_dir}: no iteration_*.pth.tar or ckpt_best.pth.tar in {ckpt_dir}")
+
+
+def _apply_resume(cfg: EasyDict) -> Optional[str]:
+    path = cfg.policy.get('load_path') or None
+    if cfg.policy.get('resume_dir'):
+        path = latest_checkpoint(cfg.policy.resume_dir)
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"policy checkpoint to resume from not found: {path}")
+        cfg.policy.setdefault('learn', EasyDict()).setdefault('learner', EasyDict()).setdefault('hook', EasyDict())
+        cfg.policy.learn.learner.hook.load_ckpt_before_run = path
+    return path
+
+
+def _prepare_configs(input_cfg, seed, env_setting, cooptrain_reward, pretrain_reward) -> Tuple[EasyDict, Any]:
+    if isinstance(input_cfg, str):
+        cfg, create_cfg = read_config(input_cfg)
+    else:
+        cfg, create_cfg = deepcopy(input_cfg)
+    cfg, create_cfg = EasyDict(cfg), EasyDict(create_cfg)
+    create_cfg.policy.type = create_cfg.policy.type + '_command'
+    if 'reward_model' in cfg:
+        rm = cfg.reward_model
+        rm.cooptrain_reward = bool(cooptrain_reward)
+        rm.pretrain_reward = bool(pretrain_reward)
+        rm.env_metadata = {**env_metadata(cfg.env), **dict(rm.get('env_metadata') or {})}
+        # DI-engine's compile_config drops create_config.reward_model.import_names (pitfall): keep our
+        # modules importable from the compiled config, which is also what a saved total_config re-run reads
+        rm.import_names = sorted(set(rm.get('import_names', [])) | {'ding_ext'})
+        if 'reward_model' not in create_cfg:
+            create_cfg.reward_model = EasyDict(type=rm.get('type', 'resnet'), import_names=rm.import_names)
+    _apply_resume(cfg)
+    env_fn = None if env_setting is None else env_setting[0]
+    cfg = compile_config(cfg, seed=seed, env=env_fn, auto=True, create_cfg=create_cfg, save_cfg=True)
+    if 'reward_model' in cfg:
+        cfg.reward_model.exp_name = cfg.exp_name
+    return cfg, create_cfg
+
+
+def setup_workers(
+        input_cfg, seed: int, env_setting, model, cooptrain_reward: bool, pretrain_reward: bool, with_buffer: bool
+) -> Workers:
+    """DI-engine's serial set-up, written once for both entries."""
+    cfg, _ = _prepare_configs(input_cfg, seed, env_setting, cooptrain_reward, pretrain_reward)
+    if env_setting is None:
+        env_fn, collector_env_cfg, evaluator_env_cfg = get_vec_env_setting(cfg.env)
+    else:
+        env_fn, collector_env_cfg, evaluator_env_cfg = env_setting
+    collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
+    evaluator_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in evaluator_env_cfg])
+    collector_env.seed(cfg.seed)
+    evaluator_env.seed(cfg.seed, dynamic_seed=False)
+    set_pkg_seed(cfg.seed, use_cuda=cfg.policy.cuda)
+    policy = create_policy(cfg.policy, model=model, enable_field=['learn', 'collect', 'eval', 'command'])
+
+    tb_logger = SummaryWriter(os.path.join('./{}/log/'.format(cfg.exp_name), 'serial'))
+    learner = BaseLearner(cfg.policy.learn.learner, policy.learn_mode, tb_logger, exp_name=cfg.exp_name)
+    collector = create_serial_collector(
+        cfg.policy.collect.collector, env=collector_env, policy=policy.collect_mode, tb_logger=tb_logger,
+        exp_name=cfg.exp_name
+    )
+    evaluator = InteractionSerialEvaluator(
+        cfg.policy.eval.evaluator, evaluator_env, policy.eval_mode, tb_logger, exp_name=cfg.exp_name
+    )
+    replay_buffer = create_buffer(cfg.policy.other.replay_buffer, tb_logger=tb_logger, exp_name=cfg.exp_name) \
+        if with_buffer else None
+    commander = BaseSerialCommander(
+        cfg.policy.other.commander, learner, collector, evaluator, replay_buffer, policy.command_mode
+    )
+    reward_model = None
+    if 'reward_model' in cfg:
+        reward_model = create_reward_model(cfg.reward_model, policy.collect_mode.get_attribute('device'), tb_logger)
+    image_writer = None
+    rdc = cfg.get('reward_data_collection', None)
+    if rdc and rdc.get('enabled', False):
+        image_writer = LabelledImageWriter(
+            rdc.save_dir, rdc.get('target_success', 5000), rdc.get('target_failure', 5000),
+            rdc.get('sample_rate_success', 1.0), rdc.get('sample_rate_fail', 0.01), metadata=env_metadata(cfg.env),
+            seed=cfg.seed, tb_logger=tb_logger
+        )
+    return Workers(
+        cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger
+    )
+
+
+def strip_images(data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Shallow copies without the reward image (the learner's collate cannot batch it)."""
+    return [{k: v for k, v in t.items() if k != IMAGE_KEY} for t in data]
+
+
+def log_agreement(reward_model, data: List[Dict[str, Any]], tb_logger, step: int) -> Optional[Dict[str, float]]:
+    """Compare the learned reward's success decisions with env success on the images in ``data``."""
+    from ding_ext.reward_models.base_image_reward_model import _as_bool, lookup
+    images, labels = [], []
+    for t in data:
+        image, label = lookup(t, reward_model.cfg.image_key), lookup(t, reward_model.cfg.success_key)
+        if image is not None and label is not None:
+            images.append(image)
+            labels.append(_as_bool(label))
+    if not images:
+        return None
+    pred = (reward_model.predict_proba(images) > float(reward_model.cfg.reward_threshold)).numpy()
+    y = np.asarray(labels, dtype=bool)
+    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+    stats = {
+        'precision': tp / (tp + fp) if tp + fp else float('nan'),
+        'recall': tp / (tp + fn) if tp + fn else float('nan'),
+        'env_accuracy': float((pred == y).mean()),
+        'env_success_rate': float(y.mean()),
+        'predicted_success_rate': float(pred.mean()),
+    }
+    for k, v in stats.items():
+        if not np.isnan(v):
+            tb_logger.add_scalar(f'reward_model/{k}', v, step)
+    return stats
+
+
+def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> Dict[str, Any]:
+    cfg, learner, collector, evaluator, rm = w.cfg, w.learner, w.collector, w.evaluator, w.reward_model
+    learner.call_hook('before_run')
+    start_iter = learner.train_iter
+    if not onpolicy and cfg.policy.get('random_collect_size', 0) > 0:
+        from ding.entry.utils import random_collect
+        random_collect(cfg.policy, w.policy, collector, collector.env, w.commander, w.replay_buffer)
+    history = dict(eval=[], agreement=[])
+    best_return, count = -np.inf, 0
+    while True:
+        collect_kwargs = w.commander.step()
+        if evaluator.should_eval(learner.train_iter):
+            stop, eval_info = evaluator.eval(learner.save_checkpoint, learner.train_iter, collector.envstep)
+            history['eval'].append({'train_iter': learner.train_iter, **{k: v for k, v in eval_info.items()
+                                                                           if np.isscalar(v)}})
+            ret = float(np.mean(eval_info['eval_episode_return']))
+            if rm is not None and ret >= best_return:
+                rm.save(path=cfg.exp_name, name='best')
+            best_return = max(best_return, ret)
+            if stop:
+                break
+        new_data = collector.collect(train_iter=learner.train_iter, policy_kwargs=collect_kwargs)
+        if w.image_writer is not None:
+            w.image_writer.add_transitions(new_data, step=collector.envstep)
+        if rm is not None:
+            stats = log_agreement(rm, new_data, w.tb_logger, learner.train_iter)
+            if stats is not None:
+                history['agreement'].append({'train_iter': learner.train_iter, **stats})
+            rm.collect_data(new_data)
+            rm.train()
+            rm.clear_data(count)
+        if w.replay_buffer is not None:
+            w.replay_buffer.push(new_data, cur_collector_envstep=collector.envstep)
+        for i in range(cfg.policy.learn.get('update_per_collect', 1)):
+            if onpolicy:
+                train_data = new_data
+            else:
+                train_data = w.replay_buffer.sample(learner.policy.get_attribute('batch_size'), learner.train_iter)
+                if train_data is None:
+                    logging.warning(f"replay buffer holds too little data to train: stopped after {i} updates")
+                    break
+            train_data = rm.estimate(train_data) if rm is not None else strip_images(train_data)
+            learner.train(train_data, collector.envstep)
+            if not onpolicy and learner.policy.get_attribute('priority'):
+                w.replay_buffer.update(learner.priority_info)
+        count += 1
+        if w.image_writer is not None and w.image_writer.done and \
+                cfg.reward_data_collection.get('stop_when_done', True):
+            logging.info("reward_data_collection: both image targets reached, stopping")
+            break
+        if collector.envstep >= max_env_step or learner.train_iter - start_iter >= max_train_iter:
+            break
+    learner.call_hook('after_run')
+    if rm is not None:
+        rm.save(path=cfg.exp_name, name='last')
+        rm.flush_debug_images()
+    if w.image_writer is not None:
+        w.image_writer.close()
+        history['images'] = dict(w.image_writer.counts)
+    collector.close()
+    evaluator.close()
+    return history
+
+
+def _pipeline(onpolicy, input_cfg, seed, env_setting, model, max_train_iter, max_env_step, cooptrain_reward,
+              pretrain_reward):
+    w = setup_workers(input_cfg, seed, env_setting, model, cooptrain_reward, pretrain_reward, with_buffer=not onpolicy)
+    w.policy.history = _run(w, max_train_iter, max_env_step, onpolicy)
+    w.policy.reward_model = w.reward_model
+    w.policy.exp_name = w.cfg.exp_name
+    return w.policy
+
+
+def serial_pipeline_reward_model_onpolicy(
+        input_cfg: Union[str, Tuple[dict, dict]],
+        seed: int = 0,
+        env_setting: Optional[List[Any]] = None,
+        model: Optional[torch.nn.Module] = None,
+        max_train_iter: Optional[int] = int(1e10),
+        max_env_step: Optional[int] = int(1e10),
+        cooptrain_reward: bool = True,
+        pretrain_reward: bool = False,
+) -> 'Policy':  # noqa
+    """On-policy (PPO) training with an image reward model; arguments as DI-engine's entry plus the two flags.
+
+    ``max_train_iter`` counts the learner iterations of this run (a resumed policy continues from its
+    checkpoint's iteration). Returns the policy; ``policy.history`` holds evaluations, reward-model
+    agreement per iteration and (stage 1) the image counts.
+    """
+    return _pipeline(True, input_cfg, seed, env_setting, model, max_train_iter, max_env_step, cooptrain_reward,
+                     pretrain_reward)
+
+
+def serial_pipeline_reward_model_offpolicy(
+        input_cfg: Union[str, Tuple[dict, dict]],
+        seed: int = 0,
+        env_setting: Optional[List[Any]] = None,
+        model: Optional[torch.nn.Module] = None,
+        max_train_iter: Optional[int] = int(1e10),
+        max_env_step: Optional[int] = int(1e10),
+        cooptrain_reward: bool = True,
+        pretrain_reward: bool = False,
+) -> 'Policy':  # noqa
+    """Off-policy (SAC, ...) training with an image reward model; see ``serial_pipeline_reward_model_onpolicy``."""
+    return _pipeline(False, input_cfg, seed, env_setting, model, max_train_iter, max_env_step, cooptrain_reward,
+                     pretrain_reward)
