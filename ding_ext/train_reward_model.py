@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint_io import atomic_write
 from .image_folder_dataset import (
-    DataError, ImageFolderDataset, class_balanced_sampler, scan_image_folder, split_train_val
+    METADATA_FILE, DataError, ImageFolderDataset, class_balanced_sampler, scan_image_folder, split_train_val
 )
 
 logger = logging.getLogger(__name__)
@@ -175,21 +175,29 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def merge_env_metadata(file_meta: Mapping[str, Any], explicit: Mapping[str, Any],
-                       reserved: Sequence[str]) -> Dict[str, Any]:
-    """Env metadata for the checkpoint: ``metadata.json`` entries, then explicit ``model.env_metadata``.
+                       reserved: Sequence[str], source: str = METADATA_FILE) -> Dict[str, Any]:
+    """Env metadata for the checkpoint: the ``metadata.json`` entries plus explicit ``model.env_metadata``.
 
     A ``metadata.json`` key that names a network metadata field (``image_size``, ``arch`` ...) is stored
     as ``env_<key>``: the env's camera ``image_size`` is not the network's input ``image_size``, and
-    storing it under the same name would overwrite the network field the loader checks.
+    storing it under the same name would overwrite the network field the loader checks. An explicit
+    entry that contradicts ``metadata.json`` is an error (the checkpoint must describe its images).
     """
     out: Dict[str, Any] = {}
     for key, value in file_meta.items():
         out[f'env_{key}' if key in reserved else key] = value
     for key, value in (explicit or {}).items():
-        if key in out and out[key] != value:
-            logger.warning("model.env_metadata[%r]=%r overrides metadata.json's %r", key, value, out[key])
+        if key in out and _json_norm(out[key]) != _json_norm(value):
+            raise DataError(
+                f"{source} says {key}={out[key]!r} but model.env_metadata says {key}={value!r}: the images were "
+                f"collected with {key}={out[key]!r}; collect data with the configured setting, or fix the config"
+            )
         out[key] = value
     return out
+
+
+def _json_norm(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
 
 
 def binary_metrics(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> Dict[str, float]:
@@ -285,14 +293,17 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     init_ckpt = model_overrides.get('checkpoint_path')
     cfg = dict(type='resnet')
     cfg.update(copy.deepcopy(model_overrides))
-    cfg.update(learning_rate=float(opts['lr']), batch_size=int(opts['batch_size']),
-               checkpoint_path=None, pretrain_reward=True)
+    # this trainer drives the model itself: no pretraining (which would call this trainer again), no
+    # co-training warm-start images; a model.checkpoint_path is loaded below, as initial weights
+    cfg.update(learning_rate=float(opts['lr']), batch_size=int(opts['batch_size']), checkpoint_path=None,
+               pretrain_reward=False, cooptrain_reward=True, cooptrain_seed_data_dir=None)
     os.makedirs(save_dir, exist_ok=True)
     writer = SummaryWriter(os.path.join(save_dir, 'tb'))
     try:
         model = create_reward_model(EasyDict(cfg), str(device), writer)
         model.cfg.env_metadata = merge_env_metadata(
-            scan.metadata, model_overrides.get('env_metadata') or {}, list(model.network_metadata())
+            scan.metadata, model_overrides.get('env_metadata') or {}, list(model.network_metadata()),
+            source=os.path.join(data_dir, METADATA_FILE)
         )
         if init_ckpt:  # start from a checkpoint, checked against this config and the data's env metadata
             model.cfg.checkpoint_path = init_ckpt

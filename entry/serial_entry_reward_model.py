@@ -222,7 +222,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
                 history['agreement'].append({'train_iter': learner.train_iter, **stats})
             rm.collect_data(new_data)
             rm.train()
-            rm.clear_data(count)
+            rm.clear_data(count + 1)  # after every clear_buffer_per_iters iterations
         if w.replay_buffer is not None:
             w.replay_buffer.push(new_data, cur_collector_envstep=collector.envstep)
         for i in range(cfg.policy.learn.get('update_per_collect', 1)):

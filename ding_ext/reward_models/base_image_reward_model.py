@@ -104,6 +104,9 @@ class BaseImageRewardModel(BaseRewardModel):
         success_key='success',
         # (bool) Collect labelled images and train during RL. False = frozen model: collect_data and train do nothing.
         cooptrain_reward=True,
+        # (str|None) success/ + failure/ PNG folders loaded once into the co-training buffer as a warm start
+        # (e.g. scripted successful episodes); kept by clear_data.
+        cooptrain_seed_data_dir=None,
         # (bool) Train on ``pretrain_data_dir`` when the model is built, unless checkpoint_path already exists.
         pretrain_reward=False,
         # (str|None) success/ + failure/ PNG folders for pretraining (stage 1's save_dir, or processed robot data).
@@ -132,12 +135,16 @@ class BaseImageRewardModel(BaseRewardModel):
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16 and self.device.type == 'cuda')
         self.success_images: List[np.ndarray] = []
         self.failure_images: List[np.ndarray] = []
+        self.seed_success_images: List[np.ndarray] = []
+        self.seed_failure_images: List[np.ndarray] = []
         self.train_iter = 0
         self.weights_version = 0
         self.loaded_metadata: Dict[str, Any] = {}
         self._one_class_warned = False
         dbg = debug_dir_from(self.cfg.debug_save_dir)
         self.debug_writer = DebugImageWriter(dbg, self.cfg.reward_threshold) if dbg else None
+        if self.cfg.cooptrain_reward and self.cfg.cooptrain_seed_data_dir:
+            self._load_seed_images(self.cfg.cooptrain_seed_data_dir)
         self.pretrain_result: Optional[Dict[str, Any]] = None
         if self.cfg.checkpoint_path and os.path.isfile(self.cfg.checkpoint_path):
             self.load(self.cfg.checkpoint_path)
@@ -154,6 +161,14 @@ class BaseImageRewardModel(BaseRewardModel):
             raise ValueError(
                 "a frozen reward model (cooptrain_reward and pretrain_reward false) needs checkpoint_path"
             )
+
+    def _load_seed_images(self, data_dir: str) -> None:
+        from ..image_folder_dataset import scan_image_folder
+        scan = scan_image_folder(data_dir)
+        for image, label in zip(scan.images, scan.labels):
+            (self.seed_success_images if label else self.seed_failure_images).append(image)
+        logger.info("co-training warm start: %d success and %d failure images from %s",
+                    len(self.seed_success_images), len(self.seed_failure_images), data_dir)
 
     def pretrain(self) -> Dict[str, Any]:
         """Train on ``pretrain_data_dir`` with the stage-2 trainer, load the best weights, and copy them to
@@ -315,7 +330,7 @@ class BaseImageRewardModel(BaseRewardModel):
                 del buf[:len(buf) - cap]
 
     def clear_data(self, iter: Optional[int] = None) -> None:
-        """Empty the buffer; with ``iter`` given, only when iter % clear_buffer_per_iters == 0."""
+        """Empty the buffer (not the warm-start images); with ``iter`` given, only when iter % clear_buffer_per_iters == 0."""
         if iter is not None and int(iter) % int(self.cfg.clear_buffer_per_iters) != 0:
             return
         self.success_images.clear()
@@ -328,20 +343,22 @@ class BaseImageRewardModel(BaseRewardModel):
         """
         if not self.cfg.cooptrain_reward:
             return None
-        if not self.success_images or not self.failure_images:
+        pos = self.seed_success_images + self.success_images
+        neg = self.seed_failure_images + self.failure_images
+        if not pos or not neg:
             if not self._one_class_warned:
                 logger.info(
                     "reward model not trained yet: buffer has %d success and %d failure images (needs both)",
-                    len(self.success_images), len(self.failure_images)
+                    len(pos), len(neg)
                 )
                 self._one_class_warned = True
             return None
         half = int(self.cfg.batch_size) // 2
         stats = {}
         for _ in range(int(self.cfg.update_per_collect)):
-            si = np.random.randint(len(self.success_images), size=half)
-            fi = np.random.randint(len(self.failure_images), size=half)
-            images = [self.success_images[i] for i in si] + [self.failure_images[i] for i in fi]
+            si = np.random.randint(len(pos), size=half)
+            fi = np.random.randint(len(neg), size=half)
+            images = [pos[i] for i in si] + [neg[i] for i in fi]
             labels = torch.cat([torch.ones(half), torch.zeros(half)])
             stats = self.train_step(images, labels)
         return stats

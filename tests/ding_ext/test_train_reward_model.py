@@ -159,6 +159,12 @@ def test_cli_reports_data_errors_and_unknown_keys(tmp_path, capsys):
         train_reward_model(root, balance='oversample')
 
 
+def test_config_env_metadata_contradicting_metadata_json_is_an_error(dataset, tmp_path):
+    with pytest.raises(DataError, match=r"metadata.json says control_mode='pd_joint_delta_pos'.*pd_ee_delta_pose"):
+        train_reward_model(dataset, epochs=1, num_workers=0, progress=False, save_dir=str(tmp_path / 'o'),
+                           **SMALL, **{'model.env_metadata': {'control_mode': 'pd_ee_delta_pose'}})
+
+
 def test_values_are_parsed_with_literal_eval_and_fall_back_to_strings():
     parsed = parse_overrides(['epochs=5', 'lr=1e-3', 'model.image_size=[3,64,64]', 'model.normalize=false',
                               'model.pretrained=/path/weights.pth', 'model.arch=resnet34', 'model.hidden_dim=None'])
