@@ -156,6 +156,8 @@ def _check_train_options(o: Dict[str, Any]) -> None:
     need(isinstance(o['seed'], int), f"seed must be an int, got {o['seed']!r}")
     need(o['num_workers'] is None or (isinstance(o['num_workers'], int) and o['num_workers'] >= 0),
          f"num_workers must be an int >= 0, got {o['num_workers']!r}")
+    if o['balance'] is None:  # `balance=none` on the command line parses to None
+        o['balance'] = 'none'
     need(o['balance'] in BALANCE_MODES, f"balance must be one of {BALANCE_MODES}, got {o['balance']!r}")
     need(isinstance(o['device'], str), f"device must be a string such as 'cpu' or 'cuda', got {o['device']!r}")
 

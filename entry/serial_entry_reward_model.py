@@ -201,17 +201,24 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         random_collect(cfg.policy, w.policy, collector, collector.env, w.commander, w.replay_buffer)
     history = dict(eval=[], agreement=[])
     best_return, count = -np.inf, 0
+
+    def evaluate() -> bool:
+        nonlocal best_return
+        stop, eval_info = evaluator.eval(learner.save_checkpoint, learner.train_iter, collector.envstep)
+        history['eval'].append({'train_iter': learner.train_iter, **{k: v for k, v in eval_info.items()
+                                                                       if np.isscalar(v)}})
+        ret = float(np.mean(eval_info['eval_episode_return']))
+        if rm is not None and ret >= best_return:
+            rm.save(path=cfg.exp_name, name='best')
+        best_return = max(best_return, ret)
+        return stop
+
+    stopped = False
     while True:
         collect_kwargs = w.commander.step()
         if evaluator.should_eval(learner.train_iter):
-            stop, eval_info = evaluator.eval(learner.save_checkpoint, learner.train_iter, collector.envstep)
-            history['eval'].append({'train_iter': learner.train_iter, **{k: v for k, v in eval_info.items()
-                                                                           if np.isscalar(v)}})
-            ret = float(np.mean(eval_info['eval_episode_return']))
-            if rm is not None and ret >= best_return:
-                rm.save(path=cfg.exp_name, name='best')
-            best_return = max(best_return, ret)
-            if stop:
+            if evaluate():
+                stopped = True
                 break
         new_data = collector.collect(train_iter=learner.train_iter, policy_kwargs=collect_kwargs)
         if w.image_writer is not None:
@@ -244,6 +251,8 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
             break
         if collector.envstep >= max_env_step or learner.train_iter - start_iter >= max_train_iter:
             break
+    if not stopped and history['eval'] and history['eval'][-1]['train_iter'] != learner.train_iter:
+        evaluate()  # the policy as it leaves this run
     learner.call_hook('after_run')
     if rm is not None:
         rm.save(path=cfg.exp_name, name='last')

@@ -8,6 +8,12 @@ the same scene directly (see ``render_reward_image``).
 ManiSkill speaks gymnasium with batched torch tensors (batch of 1 on the CPU backend); this class
 converts everything once, in ``step``, to DI-engine's gym-0.25 style
 ``BaseEnvTimestep(obs, reward, done, info)`` with numpy / python values.
+
+Processes: the first picture after a process's renderer comes up costs seconds (lavapipe compiles its
+pipelines); the renderer lives while any ManiSkill env with rendering is open. A renderer alive in a
+parent process hangs envs in forked children: launch fork-based subprocess env managers only while no
+rendering env is open in the parent (the managers' space probe here uses no renderer), or use
+``context='spawn'``.
 """
 import copy
 from typing import Any, List, Optional
@@ -99,7 +105,7 @@ class ManiSkillEnv(BaseEnv):
         self._success_once = False
 
     # ------------------------------------------------------------------ creation / spaces
-    def _make_env(self):
+    def _make_env(self, render: bool = True):
         import gymnasium
         import mani_skill.envs  # noqa: F401  (registers the ManiSkill task ids with gymnasium)
 
@@ -113,7 +119,9 @@ class ManiSkillEnv(BaseEnv):
             # only the reward camera is resized; in state obs mode no camera renders unless asked to
             sensor_configs={self._cfg.reward_camera: dict(width=width, height=height)},
         )
-        if self._cfg.render_backend is not None:
+        if not render:
+            kwargs['render_backend'] = 'none'
+        elif self._cfg.render_backend is not None:
             kwargs['render_backend'] = self._cfg.render_backend
         try:
             env = gymnasium.make(self._cfg.env_id, **kwargs)
@@ -132,9 +140,10 @@ class ManiSkillEnv(BaseEnv):
 
     def _ensure_spaces(self) -> None:
         # DI-engine env managers read the spaces from an env that was never reset: build them from a
-        # temporary ManiSkill env and cache them (spaces are plain gym objects, safe to pickle).
+        # temporary ManiSkill env without renderer and cache them (plain gym objects, safe to pickle).
+        # No renderer: a Vulkan (lavapipe) device made in the parent hangs forked subprocess envs.
         if self._observation_space is None:
-            self._make_env().close()
+            self._make_env(render=False).close()
 
     @property
     def observation_space(self) -> gym.spaces.Space:
@@ -203,6 +212,8 @@ class ManiSkillEnv(BaseEnv):
         )
         if done:
             info['eval_episode_return'] = self._episode_return
+            # DI-engine's evaluator averages these over its episodes (eval info 'success_mean', ...)
+            info['episode_info'] = dict(success=float(success), success_once=float(self._success_once))
         mode = self._cfg.reward_render_mode
         if mode == 'every_step' or (mode == 'episode_end' and done):
             info['reward_image'] = self.render_reward_image()

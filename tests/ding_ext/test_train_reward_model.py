@@ -11,7 +11,7 @@ from ding_ext.image_folder_dataset import (
     DataError, class_balanced_sampler, list_pngs, scan_image_folder, split_train_val
 )
 from ding_ext.png_writer import write_png
-from ding_ext.train_reward_model import OptionError, main, parse_overrides, train_reward_model
+from ding_ext.train_reward_model import OptionError, main, parse_overrides, resolve_options, train_reward_model
 
 from .helpers import force_probability, make_model, separable_images
 
@@ -157,6 +157,8 @@ def test_cli_reports_data_errors_and_unknown_keys(tmp_path, capsys):
     assert "model.archh" in str(e.value) and 'hidden_dim' in str(e.value) and 'arch' in str(e.value)
     with pytest.raises(OptionError, match='balance'):
         train_reward_model(root, balance='oversample')
+    # `balance=none` on the command line parses to None and means no balancing
+    assert resolve_options(parse_overrides(['balance=none']))[0]['balance'] == 'none'
 
 
 def test_config_env_metadata_contradicting_metadata_json_is_an_error(dataset, tmp_path):

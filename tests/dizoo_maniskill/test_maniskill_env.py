@@ -92,6 +92,8 @@ def test_episode_end_image_only_on_done_step():
     assert img.shape == (128, 128, 3) and img.dtype == np.uint8 and img.std() > 5
     assert 'eval_episode_return' not in timesteps[-2].info
     assert last.info['eval_episode_return'] == pytest.approx(sum(float(t.reward[0]) for t in timesteps), rel=1e-5)
+    assert last.info['episode_info'] == {'success': 0.0, 'success_once': 0.0}
+    assert 'episode_info' not in timesteps[-2].info
 
 
 def test_every_step_and_none_modes():
@@ -181,8 +183,26 @@ def test_show_goal_site_changes_image():
     assert (shown[:, 1] > shown[:, 0]).mean() > 0.8
 
 
+def test_solved_and_failure_frames():
+    solved = solved_frames(2, seed=0, env_cfg=dict(image_size=[3, 64, 64]))
+    assert len(solved) == 2 and len({f['seed'] for f in solved}) == 2
+    for f in solved:
+        assert f['success'] is True and f['control_mode'] == 'pd_joint_pos'
+        assert f['image'].shape == (64, 64, 3) and f['image'].dtype == np.uint8
+    failed = failure_frames(2, seed=0, env_cfg=dict(image_size=[3, 64, 64]), episode_steps=5)
+    assert len(failed) == 2
+    for f in failed:
+        assert f['success'] is False and f['control_mode'] == 'pd_joint_delta_pos'
+        assert f['image'].shape == (64, 64, 3) and f['image'].dtype == np.uint8
+    assert not np.array_equal(solved[0]['image'], failed[0]['image'])
+
+
 @pytest.mark.parametrize('manager_cls', [BaseEnvManager, SyncSubprocessEnvManager])
-def test_env_managers(manager_cls):
+def test_env_managers(manager_cls, warm_renderer):
+    if manager_cls is SyncSubprocessEnvManager:
+        # a renderer alive in the parent hangs forked children (DI-engine forks on Linux): close it.
+        # Kept last in the module for that reason.
+        warm_renderer.close()
     env_cfg = dict(max_episode_steps=3, reward_render_mode='episode_end', image_size=[3, 32, 32])
     manager_cfg = deep_merge_dicts(manager_cls.default_config(), EasyDict(dict(episode_num=1, connect_timeout=120)))
     manager = manager_cls([partial(ManiSkillEnv, env_cfg) for _ in range(2)], manager_cfg)
@@ -206,17 +226,3 @@ def test_env_managers(manager_cls):
     finally:
         manager.close()
     assert images == 2
-
-
-def test_solved_and_failure_frames():
-    solved = solved_frames(2, seed=0, env_cfg=dict(image_size=[3, 64, 64]))
-    assert len(solved) == 2 and len({f['seed'] for f in solved}) == 2
-    for f in solved:
-        assert f['success'] is True and f['control_mode'] == 'pd_joint_pos'
-        assert f['image'].shape == (64, 64, 3) and f['image'].dtype == np.uint8
-    failed = failure_frames(2, seed=0, env_cfg=dict(image_size=[3, 64, 64]), episode_steps=5)
-    assert len(failed) == 2
-    for f in failed:
-        assert f['success'] is False and f['control_mode'] == 'pd_joint_delta_pos'
-        assert f['image'].shape == (64, 64, 3) and f['image'].dtype == np.uint8
-    assert not np.array_equal(solved[0]['image'], failed[0]['image'])
