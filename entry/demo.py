@@ -54,6 +54,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
         return main
 
     # ---- stage 1: dense PPO + image collection
+    print("[stage 1/4] dense-reward PPO on PickCube, writing success/failure reward images", flush=True)
     t = time.time()
     main, create = s1.main_config, s1.create_config
     small(main)
@@ -63,10 +64,12 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     ppo_counts = dict(hist.get('images', {}))
     seeded = 0
     if ppo_counts.get('success', 0) < n(40):
+        print(f"  PPO produced {ppo_counts.get('success', 0)} success frames; adding motion-planner solutions", flush=True)
         seeded = seed_success_images(data_dir, n(40) - ppo_counts.get('success', 0))
     timings['1 collect'] = time.time() - t
 
     # ---- stage 2: the classifier
+    print("[stage 2/4] training the ResNet success classifier", flush=True)
     t = time.time()
     rm = s4.main_config.reward_model
     result = train_reward_model(
@@ -77,6 +80,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     timings['2 train classifier'] = time.time() - t
 
     # ---- stage 3: dense PPO to a checkpoint
+    print("[stage 3/4] dense-reward PPO to a checkpoint", flush=True)
     t = time.time()
     main, create = s3.main_config, s3.create_config
     small(main)
@@ -84,6 +88,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     timings['3 dense PPO'] = time.time() - t
 
     # ---- stage 4: resume with the ResNet reward
+    print("[stage 4/4] resuming PPO with the classifier as the reward (terminal, replace)", flush=True)
     t = time.time()
     main, create = s4.main_config, s4.create_config
     small(main)
@@ -112,11 +117,26 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     return summary
 
 
+def quiet_logs() -> None:
+    """Keep DI-engine's per-iteration INFO tables in its log files, off the console (warnings still show)."""
+    import logging
+    import warnings
+
+    import ding  # noqa: F401  (installs DI-engine's console handler)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+    logging.getLogger('mani_skill').setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" on every env
+    warnings.filterwarnings('ignore')
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='demo_output', help='working directory (recreated)')
     p.add_argument('--scale', type=float, default=1.0, help='multiply targets and iterations')
+    p.add_argument('--verbose', action='store_true', help="show DI-engine's INFO logs on the console")
     args = p.parse_args(argv)
+    if not args.verbose:
+        quiet_logs()
     run_demo(os.path.abspath(args.out), args.scale)
     return 0
 

@@ -1,0 +1,96 @@
+"""Stage 1: reward images written while dense-reward PPO trains on the real PickCube env."""
+import copy
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ding_ext.image_dataset_writer import LabelledImageWriter, numbered_pngs
+from ding_ext.png_writer import read_png
+
+
+def digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def frames(n, value):
+    return [np.full((16, 16, 3), value + i % 5, np.uint8) for i in range(n)]
+
+
+def test_writer_sampling_targets_and_numbering(tmp_path):
+    w = LabelledImageWriter(str(tmp_path), target_success=3, target_failure=1000, sample_rate_success=1.0,
+                            sample_rate_fail=0.5, metadata={'control_mode': 'a'}, seed=1, progress=False)
+    for im in frames(5, 200):
+        w.add(im, True)
+    for im in frames(400, 10):
+        w.add(im, False)
+    w.close()
+    assert w.counts['success'] == 3 and w.full('success')  # stopped sampling at its target
+    assert 150 <= w.counts['failure'] <= 250  # ~half of 400 at sample_rate_fail=0.5
+    names = sorted(os.listdir(tmp_path / 'success'))
+    assert names == ['0001.png', '0002.png', '0003.png']
+    assert read_png(str(tmp_path / 'success' / '0001.png')).shape == (16, 16, 3)
+    assert json.load(open(tmp_path / 'metadata.json')) == {'control_mode': 'a'}
+
+
+def test_writer_resumes_past_9999_and_never_overwrites(tmp_path):
+    w = LabelledImageWriter(str(tmp_path), 10, 10, 1.0, 1.0, metadata={'control_mode': 'a'}, progress=False)
+    w.add(frames(1, 50)[0], False)
+    w.close()
+    os.rename(tmp_path / 'failure' / '0001.png', tmp_path / 'failure' / '9999.png')
+    before = digest(tmp_path / 'failure' / '9999.png')
+    w = LabelledImageWriter(str(tmp_path), 10, 3, 1.0, 1.0, metadata={'control_mode': 'a'}, progress=False)
+    assert w.counts['failure'] == 1
+    for im in frames(5, 90):
+        w.add(im, False)
+    w.close()
+    assert [n for n, _ in numbered_pngs(str(tmp_path / 'failure'))] == [9999, 10000, 10001]
+    assert digest(tmp_path / 'failure' / '9999.png') == before
+    with pytest.raises(ValueError, match="control_mode"):
+        LabelledImageWriter(str(tmp_path), metadata={'control_mode': 'b'}, progress=False)
+    with pytest.raises(ValueError, match="sample_rate_fail"):
+        LabelledImageWriter(str(tmp_path / 'x'), sample_rate_fail=1.5, progress=False)
+
+
+def test_collection_during_ppo_training_and_restart(tmp_path, monkeypatch):
+    from dizoo_maniskill.config import pickcube_ppo_collect_config as stage1
+    from dizoo_maniskill.seed_success_images import seed_success_images
+    from entry import serial_pipeline_reward_model_onpolicy
+    monkeypatch.chdir(tmp_path)
+
+    def run(exp, target_failure):
+        main, create = copy.deepcopy(stage1.main_config), copy.deepcopy(stage1.create_config)
+        main.exp_name = exp
+        main.env.update(max_episode_steps=10, collector_env_num=1, evaluator_env_num=1, n_evaluator_episode=1,
+                        image_size=[3, 64, 64])
+        main.policy.collect.n_sample = 40
+        main.policy.learn.update(epoch_per_collect=1, batch_size=20)
+        main.policy.eval.evaluator.eval_freq = 10 ** 6
+        main.reward_data_collection.update(save_dir='data', target_success=2, target_failure=target_failure,
+                                           sample_rate_fail=0.5)
+        create.env_manager.type = 'base'
+        return serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=8).history
+
+    hist = run('first', 3)
+    n_fail = hist['images']['failure']
+    # 4 collects x 4 episodes of 10 steps: one final frame per episode, about half kept, up to the target
+    assert n_fail == 3
+    files = numbered_pngs('data/failure')
+    assert [n for n, _ in files] == list(range(1, n_fail + 1))
+    img = read_png(files[0][1])
+    assert img.shape == (64, 64, 3) and img.std() > 5  # a real rendered scene
+    meta = json.load(open('data/metadata.json'))
+    assert meta == {'control_mode': 'pd_joint_delta_pos', 'reward_render_mode': 'episode_end',
+                    'show_goal_site': False, 'env_image_size': [3, 64, 64]}
+    # success frames: real motion-planner solutions, rendered with the same camera settings
+    assert seed_success_images('data', 2, env_cfg=dict(image_size=[3, 64, 64])) == 2
+    digests = {p: digest(p) for _, p in numbered_pngs('data/failure')}
+    # a restart continues the numbering, keeps what was written, and stops once both targets are reached
+    hist2 = run('second', 6)
+    assert hist2['images'] == {'success': 2, 'failure': 6}
+    assert [n for n, _ in numbered_pngs('data/failure')] == list(range(1, 7))
+    assert all(digest(p) == d for p, d in digests.items())
+    assert [n for n, _ in numbered_pngs('data/success')] == [1, 2]
