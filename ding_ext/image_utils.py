@@ -95,6 +95,16 @@ def preprocess_images(
     return x
 
 
+def random_shift(x: torch.Tensor, pad: int, generator: "torch.Generator | None" = None) -> torch.Tensor:
+    """Training augmentation: shift each image of an NCHW batch by up to ``pad`` pixels (edges replicated)."""
+    if pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offsets)])
+
+
 def to_uint8_hwc(image: ImageBatch) -> np.ndarray:
     """One image (HWC/CHW, uint8 or float in [0,1]) as a uint8 HxWx3 numpy array, e.g. for PNG files."""
     x = to_nchw(image)[0].permute(1, 2, 0)

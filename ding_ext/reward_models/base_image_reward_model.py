@@ -18,7 +18,7 @@ from easydict import EasyDict
 
 from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
-from ..image_utils import preprocess_images
+from ..image_utils import preprocess_images, random_shift
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class BaseImageRewardModel(BaseRewardModel):
         weight_decay=0.0,
         # (int) Mini-batch size of ``train()``; half success, half failure images.
         batch_size=64,
+        # (int) Training augmentation: random shift of each image by up to this many pixels (0 = off).
+        augment_shift=0,
         # (int) BCE steps per ``train()`` call.
         update_per_collect=10,
         # (int) ``clear_data(iter)`` empties the buffer when iter % clear_buffer_per_iters == 0.
@@ -366,7 +368,7 @@ class BaseImageRewardModel(BaseRewardModel):
     def train_step(self, images: Any, labels: torch.Tensor, pos_weight: Optional[float] = None) -> Dict[str, float]:
         """One optimiser step of BCE on a batch; logs loss and accuracy to tb_logger."""
         self.network.train()
-        x = self.preprocess_images(images)
+        x = random_shift(self.preprocess_images(images), int(self.cfg.augment_shift))
         y = torch.as_tensor(labels, dtype=torch.float32, device=self.device).reshape(-1)
         with self._autocast():
             logits = self.network(x).float()

@@ -247,18 +247,19 @@ class ManiSkillEnv(BaseEnv):
         self._env = None
 
     @staticmethod
-    def create_collector_env_cfg(cfg: dict) -> List[dict]:
+    def _replicate(cfg: dict, num_key: str) -> List[dict]:
         cfg = copy.deepcopy(cfg)
-        collector_env_num = cfg.pop('collector_env_num', 1)
+        num = cfg.pop(num_key, 1)
         cfg.pop('manager', None)
-        return [cfg for _ in range(collector_env_num)]
+        return [cfg for _ in range(num)]
+
+    @staticmethod
+    def create_collector_env_cfg(cfg: dict) -> List[dict]:
+        return ManiSkillEnv._replicate(cfg, 'collector_env_num')
 
     @staticmethod
     def create_evaluator_env_cfg(cfg: dict) -> List[dict]:
-        cfg = copy.deepcopy(cfg)
-        evaluator_env_num = cfg.pop('evaluator_env_num', 1)
-        cfg.pop('manager', None)
-        return [cfg for _ in range(evaluator_env_num)]
+        return ManiSkillEnv._replicate(cfg, 'evaluator_env_num')
 
     def _to_obs(self, obs: Any) -> np.ndarray:
         return np.asarray(obs[0].cpu().numpy(), dtype=np.float32).reshape(-1)
