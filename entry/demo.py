@@ -58,22 +58,23 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t = time.time()
     main, create = s1.main_config, s1.create_config
     small(main)
-    main.reward_data_collection.update(target_success=n(40), target_failure=n(80), sample_rate_fail=1.0)
-    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(80)).history
+    main.reward_data_collection.update(target_success=n(60), target_failure=n(120), sample_rate_fail=1.0)
+    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(120)).history
     data_dir = main.reward_data_collection.save_dir
     ppo_counts = dict(hist.get('images', {}))
     seeded = 0
-    if ppo_counts.get('success', 0) < n(40):
+    if ppo_counts.get('success', 0) < n(60):
         print(f"  PPO produced {ppo_counts.get('success', 0)} success frames; adding motion-planner solutions", flush=True)
-        seeded = seed_success_images(data_dir, n(40) - ppo_counts.get('success', 0))
+        seeded = seed_success_images(data_dir, n(60) - ppo_counts.get('success', 0))
     timings['1 collect'] = time.time() - t
 
     # ---- stage 2: the classifier
     print("[stage 2/4] training the ResNet success classifier", flush=True)
     t = time.time()
     rm = s4.main_config.reward_model
+    rm.image_size = [3, 64, 64]  # the miniature classifier works on 64x64 (the recipe's configs use 128)
     result = train_reward_model(
-        data_dir, epochs=n(8), batch_size=32, lr=3e-4, val_split=0.2, early_stopping_patience=4,
+        data_dir, epochs=n(30), batch_size=32, lr=3e-4, val_split=0.2, early_stopping_patience=0,
         save_dir=os.path.dirname(rm.checkpoint_path), num_workers=0,
         **{'model.arch': rm.arch, 'model.hidden_dim': rm.hidden_dim, 'model.image_size': rm.image_size}
     )

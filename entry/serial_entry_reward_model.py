@@ -213,8 +213,11 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         best_return = max(best_return, ret)
         return stop
 
-    stopped = False
-    while True:
+    # evaluate the policy as this run receives it (also a resumed one, which DI-engine's
+    # should_eval skips); should_eval marks the iteration so the loop does not repeat it
+    evaluator.should_eval(learner.train_iter)
+    stopped = evaluate()
+    while not stopped:
         collect_kwargs = w.commander.step()
         if evaluator.should_eval(learner.train_iter):
             if evaluate():
@@ -251,7 +254,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
             break
         if collector.envstep >= max_env_step or learner.train_iter - start_iter >= max_train_iter:
             break
-    if not stopped and history['eval'] and history['eval'][-1]['train_iter'] != learner.train_iter:
+    if not stopped and history['eval'][-1]['train_iter'] != learner.train_iter:
         evaluate()  # the policy as it leaves this run
     learner.call_hook('after_run')
     if rm is not None:
@@ -268,7 +271,11 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
 def _pipeline(onpolicy, input_cfg, seed, env_setting, model, max_train_iter, max_env_step, cooptrain_reward,
               pretrain_reward):
     w = setup_workers(input_cfg, seed, env_setting, model, cooptrain_reward, pretrain_reward, with_buffer=not onpolicy)
-    w.policy.history = _run(w, max_train_iter, max_env_step, onpolicy)
+    try:
+        w.policy.history = _run(w, max_train_iter, max_env_step, onpolicy)
+    finally:  # an interrupted run still gets every queued reward image onto disk
+        if w.image_writer is not None:
+            w.image_writer.close()
     w.policy.reward_model = w.reward_model
     w.policy.exp_name = w.cfg.exp_name
     return w.policy

@@ -89,7 +89,7 @@ class BaseImageRewardModel(BaseRewardModel):
         # (int) Mini-batch size of ``train()``; half success, half failure images.
         batch_size=64,
         # (int) Training augmentation: random shift of each image by up to this many pixels (0 = off).
-        augment_shift=0,
+        augment_shift=4,
         # (int) BCE steps per ``train()`` call.
         update_per_collect=10,
         # (int) ``clear_data(iter)`` empties the buffer when iter % clear_buffer_per_iters == 0.

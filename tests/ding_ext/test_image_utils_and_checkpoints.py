@@ -152,3 +152,18 @@ def test_create_reward_model_and_manager(tb_logger, tmp_path):
     manager = RewardManager(dict(type='resnet', image_size=[3, 32, 32], hidden_dim=16, checkpoint_path=path,
                                  cooptrain_reward=False, use_soft_reward=True))
     np.testing.assert_allclose(manager.compute_rewards(np.zeros((3, 40, 40, 3), np.uint8)).numpy(), 0.9, atol=1e-5)
+
+
+def test_random_shift_moves_content_within_pad():
+    from ding_ext.image_utils import random_shift
+    x = torch.zeros(16, 3, 16, 16)
+    x[:, :, 8, 8] = 1.0
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    moved = 0
+    for i in range(16):
+        r, c = (y[i, 0] == 1.0).nonzero()[0].tolist()
+        assert abs(r - 8) <= 2 and abs(c - 8) <= 2
+        moved += (r, c) != (8, 8)
+    assert moved > 0
+    assert random_shift(x, 0) is x

@@ -211,3 +211,29 @@ def test_ding_cli_runs_our_offpolicy_config(trained_checkpoint, pickcube_images,
     exp = tmp_path / 'cli_exp'
     assert (exp / 'reward_model' / 'last_model.safetensors').is_file()
     assert any(p.name.startswith('iteration_') for p in (exp / 'ckpt').iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--no-cooptrain-reward", "--cooptrain-reward"])
+def test_ding_reward_cli_flags(flag, trained_checkpoint, pickcube_images, tmp_path, monkeypatch):
+    from entry.cli import main
+    monkeypatch.chdir(tmp_path)
+    cfg_file = tmp_path / 'tiny_ppo_config.py'
+    cfg_file.write_text(textwrap.dedent(f"""
+        import copy
+        from dizoo_maniskill.config import pickcube_ppo_resnet_reward_config as stage4
+        main_config, create_config = copy.deepcopy(stage4.main_config), copy.deepcopy(stage4.create_config)
+        main_config.env.update(max_episode_steps=10, collector_env_num=1, evaluator_env_num=1, n_evaluator_episode=1,
+                               image_size=[3, 64, 64])
+        main_config.policy.pop('resume_dir')
+        main_config.policy.collect.n_sample = 40
+        main_config.policy.learn.update(epoch_per_collect=1, batch_size=20)
+        main_config.reward_model.update(checkpoint_path={trained_checkpoint!r}, image_size=[3, 32, 32], hidden_dim=16,
+                                        cooptrain_seed_data_dir={pickcube_images!r}, update_per_collect=2, batch_size=8)
+        create_config.env_manager.type = 'base'
+    """))
+    assert main(['-m', 'serial_reward_model_onpolicy', '-c', str(cfg_file), '--exp-name', 'cli', '--train-iter', '2',
+                 flag]) == 0
+    start = load_checkpoint(trained_checkpoint)[0]
+    last = load_checkpoint(str(tmp_path / 'cli' / 'reward_model' / 'last_model.safetensors'))[0]
+    unchanged = all(torch.equal(start[k], last[k]) for k in start)
+    assert unchanged == (flag == "--no-cooptrain-reward")
