@@ -16,6 +16,7 @@ import numpy as np
 from .checkpoint_io import atomic_write, check_metadata
 from .image_utils import to_uint8_hwc
 from .png_writer import AsyncPngWriter
+from .transitions import labelled_images
 
 CLASSES = ("success", "failure")
 _NUM_RE = re.compile(r"^(\d+)\.png$")
@@ -115,14 +116,10 @@ class LabelledImageWriter:
 
     def add_transitions(self, transitions: Iterable[Mapping[str, Any]], image_key: str = "reward_image",
                         success_key: str = "success", step: Optional[int] = None) -> int:
-        """Add every transition that carries an image; the label is its success flag. Returns frames written."""
-        from .reward_models.base_image_reward_model import _as_bool, lookup
+        """Add every transition that carries an image and a success flag (the label). Returns frames written."""
         written = 0
-        for t in transitions:
-            image = lookup(t, image_key)
-            if image is None:
-                continue
-            written += self.add(image, _as_bool(lookup(t, success_key) or False))
+        for image, label in zip(*labelled_images(transitions, image_key, success_key)):
+            written += self.add(image, label)
         if self.tb_logger is not None and step is not None:
             self.tb_logger.add_scalar("reward_data/success_count", self.counts["success"], step)
             self.tb_logger.add_scalar("reward_data/failure_count", self.counts["failure"], step)

@@ -1,5 +1,4 @@
 """PNG encoding off the caller's thread, with atomic file writes."""
-import os
 import queue
 import threading
 from typing import Optional, Tuple

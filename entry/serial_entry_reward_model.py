@@ -36,6 +36,7 @@ from tensorboardX import SummaryWriter
 
 from ding_ext.image_dataset_writer import LabelledImageWriter
 from ding_ext.policies import IMAGE_KEY
+from ding_ext.transitions import labelled_images
 
 # env config fields recorded with collected images and checked against a reward checkpoint
 ENV_METADATA_FIELDS = {'control_mode': 'control_mode', 'reward_render_mode': 'reward_render_mode',
@@ -167,13 +168,7 @@ def strip_images(data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def log_agreement(reward_model, data: List[Dict[str, Any]], tb_logger, step: int) -> Optional[Dict[str, float]]:
     """Compare the learned reward's success decisions with env success on the images in ``data``."""
-    from ding_ext.reward_models.base_image_reward_model import _as_bool, lookup
-    images, labels = [], []
-    for t in data:
-        image, label = lookup(t, reward_model.cfg.image_key), lookup(t, reward_model.cfg.success_key)
-        if image is not None and label is not None:
-            images.append(image)
-            labels.append(_as_bool(label))
+    images, labels = labelled_images(data, reward_model.cfg.image_key, reward_model.cfg.success_key)
     if not images:
         return None
     pred = (reward_model.predict_proba(images) > float(reward_model.cfg.reward_threshold)).numpy()

@@ -19,35 +19,13 @@ from easydict import EasyDict
 from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..image_utils import preprocess_images, random_shift
+from ..transitions import as_bool, labelled_images, lookup
 
 logger = logging.getLogger(__name__)
 
 REWARD_MODES = ("per_step", "terminal")
 COMBINE_MODES = ("replace", "add", "weighted")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def lookup(transition: Mapping, key: str) -> Any:
-    """Value at ``key`` in a transition: a top-level key, or a dotted path into nested dicts
-    (``next_obs.image``); also looks into ``info`` for a plain key. None when absent."""
-    node: Any = transition
-    for part in key.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        else:
-            node = None
-            break
-    if node is None and "." not in key and isinstance(transition.get("info"), Mapping):
-        node = transition["info"].get(key)
-    return node
-
-
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, torch.Tensor):
-        return bool(v.reshape(-1)[0].item()) if v.numel() else False
-    if isinstance(v, np.ndarray):
-        return bool(v.reshape(-1)[0]) if v.size else False
-    return bool(v)
 
 
 class BaseImageRewardModel(BaseRewardModel):
@@ -298,7 +276,7 @@ class BaseImageRewardModel(BaseRewardModel):
         if self.cfg.reward_mode == 'per_step':
             idx = list(range(len(data)))
         else:
-            idx = [i for i, t in enumerate(data) if _as_bool(t.get('done', False))]
+            idx = [i for i, t in enumerate(data) if as_bool(t.get('done', False))]
         model_r = {}
         if idx:
             images = [self._image_of(data[i], i) for i in idx]
@@ -314,12 +292,7 @@ class BaseImageRewardModel(BaseRewardModel):
         """Keep (image, label) pairs from transitions that carry an image; label = the env's success flag."""
         if not self.cfg.cooptrain_reward:
             return
-        for t in data:
-            image = lookup(t, self.cfg.image_key)
-            label = lookup(t, self.cfg.success_key)
-            if image is None or label is None:
-                continue
-            self.add_labelled_images([image], [_as_bool(label)])
+        self.add_labelled_images(*labelled_images(data, self.cfg.image_key, self.cfg.success_key))
 
     def add_labelled_images(self, images: Sequence[Any], labels: Sequence[bool]) -> None:
         """Add images (HWC uint8 preferred) with boolean labels to the training buffer."""

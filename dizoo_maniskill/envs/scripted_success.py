@@ -9,7 +9,6 @@ visibility match what ``ManiSkillEnv`` puts into ``info['reward_image']``.
 import copy
 from typing import Dict, List, Optional
 
-import numpy as np
 from tqdm import tqdm
 
 from .maniskill_env import ManiSkillEnv, _item

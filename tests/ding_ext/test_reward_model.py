@@ -1,6 +1,5 @@
 """ResNetRewardModel: the DI-engine reward-model contract, numerically."""
 import itertools
-import math
 import os
 
 import numpy as np

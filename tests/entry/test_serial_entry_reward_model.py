@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 from ding.worker import BaseLearner
@@ -172,7 +171,6 @@ def test_env_setting_mismatch_with_checkpoint_is_an_error(trained_checkpoint, pi
 
 def test_resume_from_stage3_checkpoint(trained_checkpoint, pickcube_images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from dizoo_maniskill.config.pickcube_base import PPO, make_config
     from entry import serial_pipeline_reward_model_onpolicy
     main, create = tiny_config('onpolicy', 'stage3', None)
     serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=2)
@@ -180,7 +178,7 @@ def test_resume_from_stage3_checkpoint(trained_checkpoint, pickcube_images, tmp_
                           for p in (tmp_path / 'stage3' / 'ckpt').glob('iteration_*.pth.tar'))
     main, create = tiny_config('onpolicy', 'stage4', reward_cfg(trained_checkpoint, pickcube_images))
     main.policy.resume_dir = 'stage3'
-    policy = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=1, cooptrain_reward=False)
+    serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=1, cooptrain_reward=False)
     # the learner loaded stage 3's checkpoint: its iteration count continues from there
     stage4_iters = sorted(int(p.name[len('iteration_'):-len('.pth.tar')])
                           for p in (tmp_path / 'stage4' / 'ckpt').glob('iteration_*.pth.tar'))

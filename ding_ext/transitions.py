@@ -1,0 +1,40 @@
+"""Reading reward images and success labels out of DI-engine transitions."""
+from typing import Any, Iterable, List, Mapping, Tuple
+
+import numpy as np
+import torch
+
+
+def lookup(transition: Mapping, key: str) -> Any:
+    """Value at ``key`` in a transition: a top-level key, or a dotted path into nested dicts
+    (``next_obs.image``); a plain key is also looked up in ``info``. None when absent."""
+    node: Any = transition
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            node = None
+            break
+    if node is None and "." not in key and isinstance(transition.get("info"), Mapping):
+        node = transition["info"].get(key)
+    return node
+
+
+def as_bool(v: Any) -> bool:
+    """A flag that may be a python bool, a numpy array or a (one-element) tensor."""
+    if isinstance(v, torch.Tensor):
+        return bool(v.reshape(-1)[0].item()) if v.numel() else False
+    if isinstance(v, np.ndarray):
+        return bool(v.reshape(-1)[0]) if v.size else False
+    return bool(v)
+
+
+def labelled_images(transitions: Iterable[Mapping], image_key: str, success_key: str) -> Tuple[List[Any], List[bool]]:
+    """(images, success labels) of the transitions that carry both an image and a label."""
+    images, labels = [], []
+    for t in transitions:
+        image, label = lookup(t, image_key), lookup(t, success_key)
+        if image is not None and label is not None:
+            images.append(image)
+            labels.append(as_bool(label))
+    return images, labels
