@@ -118,7 +118,6 @@ class BaseImageRewardModel(BaseRewardModel):
         self.seed_success_images: List[np.ndarray] = []
         self.seed_failure_images: List[np.ndarray] = []
         self.train_iter = 0
-        self.weights_version = 0
         self.loaded_metadata: Dict[str, Any] = {}
         self._one_class_warned = False
         dbg = debug_dir_from(self.cfg.debug_save_dir)
@@ -351,7 +350,6 @@ class BaseImageRewardModel(BaseRewardModel):
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.weights_version += 1
         acc = ((logits.detach() > 0).float() == y).float().mean().item()
         stats = {'reward_loss': loss.item(), 'accuracy': acc}
         if self.tb_logger is not None:
@@ -363,7 +361,12 @@ class BaseImageRewardModel(BaseRewardModel):
     # ------------------------------------------------------------------ checkpoints
     def metadata(self) -> Dict[str, Any]:
         meta = self.network_metadata()
-        meta.update(dict(self.cfg.env_metadata or {}))
+        env_meta = dict(self.cfg.env_metadata or {})
+        clash = sorted(set(meta) & set(env_meta))
+        if clash:
+            raise ValueError(f"env_metadata keys {clash} clash with the network's metadata fields; rename them "
+                             f"(e.g. 'env_{clash[0]}')")
+        meta.update(env_meta)
         return meta
 
     def state_dict(self) -> Dict[str, Any]:
@@ -394,7 +397,6 @@ class BaseImageRewardModel(BaseRewardModel):
         except RuntimeError as e:
             raise ValueError(f"{source} does not fit the configured network: {e}") from e
         self.loaded_metadata = dict(meta)
-        self.weights_version += 1
 
     def flush_debug_images(self) -> None:
         if self.debug_writer is not None:

@@ -89,6 +89,8 @@ def test_env_metadata_is_saved_and_checked(tmp_path):
     assert load_checkpoint(path)[1]['control_mode'] == 'pd_joint_delta_pos'
     with pytest.raises(ValueError, match="control_mode"):
         make_model(checkpoint_path=path, env_metadata={'control_mode': 'pd_ee_delta_pose'})
+    with pytest.raises(ValueError, match="env_image_size"):
+        make_model(env_metadata={'image_size': [3, 128, 128]}).save(str(tmp_path / "x.safetensors"))
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
