@@ -24,6 +24,16 @@ def atomic_write(path: str, write_fn) -> None:
         raise
 
 
+def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> None:
+    """``json.dump(obj)`` into ``path`` through ``atomic_write``."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, **dump_kwargs)
+
+    atomic_write(path, _write)
+
+
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Remove DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) key prefixes."""
     out = {}

@@ -6,14 +6,14 @@ number in each folder and counts the files already there toward the targets, so 
 overwritten. PNG encoding runs on a background thread. ``metadata.json`` records the env settings
 the images were produced with; a restart with different settings is an error naming the field.
 """
-import json
 import os
 import re
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
-from .checkpoint_io import atomic_write, check_metadata
+from .checkpoint_io import check_metadata, write_json_atomic
+from .image_folder_dataset import METADATA_FILE, read_metadata
 from .image_utils import to_uint8_hwc
 from .png_writer import AsyncPngWriter
 from .transitions import labelled_images
@@ -64,8 +64,6 @@ class LabelledImageWriter:
             files = numbered_pngs(self.dirs[c])
             self.counts[c] = len(files)
             self._next[c] = (files[-1][0] + 1) if files else 1
-        self.resumed = dict(self.counts)
-        self.seen = {c: 0 for c in CLASSES}
         self._write_metadata(dict(metadata or {}))
         self._rng = np.random.default_rng(seed + sum(self.counts.values()))
         self._png = AsyncPngWriter()
@@ -81,18 +79,9 @@ class LabelledImageWriter:
             self._update_bar(0)
 
     def _write_metadata(self, metadata: Dict[str, Any]) -> None:
-        path = os.path.join(self.save_dir, "metadata.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                existing = json.load(f)
-            check_metadata(existing, metadata, source=f"existing dataset {self.save_dir}")
-            metadata = {**existing, **metadata}
-
-        def _write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                json.dump(metadata, f, indent=2, sort_keys=True)
-
-        atomic_write(path, _write)
+        existing = read_metadata(self.save_dir)
+        check_metadata(existing, metadata, source=f"existing dataset {self.save_dir}")
+        write_json_atomic(os.path.join(self.save_dir, METADATA_FILE), {**existing, **metadata}, sort_keys=True)
 
     def full(self, cls: str) -> bool:
         return self.counts[cls] >= self.targets[cls]
@@ -104,7 +93,6 @@ class LabelledImageWriter:
     def add(self, image: Any, success: bool) -> bool:
         """Sample one frame; returns True when it was queued for writing."""
         cls = "success" if success else "failure"
-        self.seen[cls] += 1
         if self.full(cls) or self._rng.random() >= self.rates[cls]:
             return False
         path = os.path.join(self.dirs[cls], f"{self._next[cls]:04d}.png")

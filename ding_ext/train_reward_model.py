@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from easydict import EasyDict
 from torch.utils.data import DataLoader
 
-from .checkpoint_io import atomic_write
+from .checkpoint_io import write_json_atomic
 from .image_folder_dataset import (
     METADATA_FILE, DataError, ImageFolderDataset, class_balanced_sampler, scan_image_folder, split_train_val
 )
@@ -241,14 +241,6 @@ def evaluate(model: Any, loader: DataLoader) -> Dict[str, float]:
     return binary_metrics(torch.cat(logits), torch.cat(labels), float(model.cfg.reward_threshold))
 
 
-def _write_json(path: str, obj: Any) -> None:
-    def _write(tmp: str) -> None:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(obj, f, indent=2, default=str)
-
-    atomic_write(path, _write)
-
-
 # ---------------------------------------------------------------------------------------- training
 def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     """Train a reward model on ``<data_dir>/success`` and ``<data_dir>/failure``; see the module doc.
@@ -408,7 +400,7 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
         model_config=model_overrides,
     )
     summary_path = os.path.join(save_dir, SUMMARY_NAME)
-    _write_json(summary_path, result)
+    write_json_atomic(summary_path, result, default=str)
     result['summary_path'] = summary_path
 
     val_txt = (f"val loss {best_val['loss']:.4f}, acc {best_val['accuracy']:.3f}, precision "

@@ -102,8 +102,8 @@ def _prepare_configs(input_cfg, seed, env_setting, cooptrain_reward, pretrain_re
         rm.cooptrain_reward = bool(cooptrain_reward)
         rm.pretrain_reward = bool(pretrain_reward)
         rm.env_metadata = {**env_metadata(cfg.env), **dict(rm.get('env_metadata') or {})}
-        # DI-engine's compile_config drops create_config.reward_model.import_names (pitfall): keep our
-        # modules importable from the compiled config, which is also what a saved total_config re-run reads
+        # DI-engine's compile_config drops create_config.reward_model.import_names: keep our modules
+        # importable from the compiled reward-model config itself
         rm.import_names = sorted(set(rm.get('import_names', [])) | {'ding_ext'})
         if 'reward_model' not in create_cfg:
             create_cfg.reward_model = EasyDict(type=rm.get('type', 'resnet'), import_names=rm.import_names)
@@ -256,7 +256,6 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         rm.save(path=cfg.exp_name, name='last')
         rm.flush_debug_images()
     if w.image_writer is not None:
-        w.image_writer.close()
         history['images'] = dict(w.image_writer.counts)
     collector.close()
     evaluator.close()
