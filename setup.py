@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ding-train-reward-model=ding_ext.train_reward_model:main",
+            "ding-evaluate-reward-model=ding_ext.evaluate_reward_model:main",
             "ding-reward=entry.cli:main",
         ]
     },

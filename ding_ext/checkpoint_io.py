@@ -1,7 +1,9 @@
 """Checkpoint I/O: ``.safetensors`` with metadata, or ``.pt`` state dicts; atomic writes."""
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -9,14 +11,40 @@ import torch
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
+def _create_temp(directory: str, suffix: str) -> Tuple[str, int]:
+    """Create an empty, uniquely named file in ``directory``; returns (path, the mode a plain ``open()`` gives).
+
+    ``os.open(..., 0o666)`` lets the kernel apply the process umask, unlike ``tempfile.mkstemp``
+    (always 0600), and the resulting mode is read back from the file: the umask is never changed, so
+    this is safe from any thread.
+    """
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return tmp, mode
+    raise FileExistsError(f"could not create a temporary file in {directory}")
+
+
 def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
+    """Call ``write_fn(tmp_path)`` then rename onto ``path``, so a crash never leaves half a file.
+
+    The file gets the permissions a plain ``open()`` would give it (0o666 minus the umask), also when
+    ``write_fn`` replaces the temporary file (safetensors creates its own with mode 0600).
+    """
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path))
-    os.close(fd)
+    tmp, mode = _create_temp(os.path.dirname(path), os.path.splitext(path)[1])
     try:
         write_fn(tmp)
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -69,23 +97,35 @@ def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], metadata:
         from safetensors.torch import save_file
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=_encode_meta(metadata)))
     elif path.endswith((".pt", ".pth", ".pth.tar")):
-        atomic_write(path, lambda tmp: torch.save({"state_dict": state, "metadata": dict(metadata)}, tmp))
+        plain = json.loads(json.dumps(dict(metadata)))  # plain JSON values (no EasyDict): weights_only can load them
+        atomic_write(path, lambda tmp: torch.save({"state_dict": state, "metadata": plain}, tmp))
     else:
         raise ValueError(f"checkpoint path must end in .safetensors or .pt/.pth, got {path!r}")
     return path
 
 
 def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read a checkpoint; returns (state_dict with prefixes stripped, metadata or {})."""
+    """Read a checkpoint; returns (state_dict with prefixes stripped, metadata or {}).
+
+    ``.pt`` files are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
+    file cannot run code when loaded. Raises ``ValueError`` naming the path for a corrupt or truncated
+    file, or for a ``.pt`` file that holds other pickled objects.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"reward-model checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors import safe_open
         from safetensors.torch import load_file
-        with safe_open(path, framework="pt") as f:
-            metadata = _decode_meta(f.metadata())
-        return strip_prefixes(load_file(path)), metadata
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = _decode_meta(f.metadata())
+            state = load_file(path)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors raises its own SafetensorError for a bad header or short data
+            raise ValueError(_corrupt_message(path, "safetensors", e)) from e
+        return strip_prefixes(state), metadata
+    obj = _torch_load_weights_only(path)
     metadata: Dict[str, Any] = {}
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         metadata = dict(obj.get("metadata") or {})
@@ -96,6 +136,32 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return strip_prefixes(obj), metadata
+
+
+def _corrupt_message(path: str, kind: str, error: BaseException) -> str:
+    text = str(error)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)  # torch's weights-only wrapper
+    reason = m.group(1) if m else (text.strip().splitlines() or [""])[0]
+    return (f"checkpoint {path} is corrupt or truncated: it cannot be read as a {kind} file "
+            f"({type(error).__name__}: {reason.strip()}); write it again or use another checkpoint")
+
+
+def _torch_load_weights_only(path: str) -> Any:
+    """``torch.load`` restricted to tensors and plain values; errors name ``path``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:
+        m = re.search(r"GLOBAL\s+([\w.]+)", str(e))
+        if m:  # the weights-only unpickler refused a class or function
+            raise ValueError(
+                f"refusing to load checkpoint {path}: it holds pickled Python objects ({m.group(1)}) besides "
+                "tensors and plain values (str, int, float, bool, list, dict, None), and unpickling them could run "
+                "arbitrary code; load it only if you trust it and re-save its weights as a state dict "
+                "(or .safetensors)"
+            ) from e
+        raise ValueError(_corrupt_message(path, ".pt", e)) from e
 
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:

@@ -5,15 +5,21 @@ grows to 5+ digits past 9999; readers sort numerically). A restart continues aft
 number in each folder and counts the files already there toward the targets, so nothing is
 overwritten. PNG encoding runs on a background thread. ``metadata.json`` records the env settings
 the images were produced with; a restart with different settings is an error naming the field.
+
+``frames.jsonl`` (the sidecar, see ``ding_ext.image_folder_dataset.read_sidecar``) gets one row per
+PNG, appended and flushed right after the PNG is on disk: file, label, episode id, step, source
+(policy / planner / human / ...) and the facts behind the label that the env offered.
 """
+import json
 import os
 import re
+import threading
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
 from .checkpoint_io import check_metadata, write_json_atomic
-from .image_folder_dataset import METADATA_FILE, read_metadata
+from .image_folder_dataset import METADATA_FILE, SIDECAR_FILE, read_metadata
 from .image_utils import to_uint8_hwc
 from .png_writer import AsyncPngWriter
 from .transitions import labelled_images
@@ -67,6 +73,8 @@ class LabelledImageWriter:
         self._write_metadata(dict(metadata or {}))
         self._rng = np.random.default_rng(seed + sum(self.counts.values()))
         self._png = AsyncPngWriter()
+        self._sidecar = open(os.path.join(save_dir, SIDECAR_FILE), "a", encoding="utf-8")
+        self._sidecar_lock = threading.Lock()
         self.tb_logger = tb_logger
         self._bar = None
         if progress:
@@ -90,24 +98,38 @@ class LabelledImageWriter:
     def done(self) -> bool:
         return all(self.full(c) for c in CLASSES)
 
-    def add(self, image: Any, success: bool) -> bool:
-        """Sample one frame; returns True when it was queued for writing."""
+    def add(self, image: Any, success: bool, frame_info: Optional[Mapping[str, Any]] = None,
+            source: str = "policy") -> bool:
+        """Sample one frame; returns True when it was queued for writing.
+
+        ``frame_info``: the env's ``info['frame_info']`` (``episode_id``, ``step`` and label facts) for the
+        sidecar row; ``source``: where the frame comes from (policy | planner | human | ...)."""
         cls = "success" if success else "failure"
         if self.full(cls) or self._rng.random() >= self.rates[cls]:
             return False
-        path = os.path.join(self.dirs[cls], f"{self._next[cls]:04d}.png")
-        self._png.submit(path, to_uint8_hwc(image))
+        name = f"{self._next[cls]:04d}.png"
+        row = dict(file=f"{cls}/{name}", label=int(bool(success)), episode_id=None, step=None, source=source)
+        row.update({k: _json_value(v) for k, v in (frame_info or {}).items()})
+        self._png.submit(os.path.join(self.dirs[cls], name), to_uint8_hwc(image), lambda: self._append_row(row))
         self._next[cls] += 1
         self.counts[cls] += 1
         self._update_bar(1)
         return True
 
+    def _append_row(self, row: Dict[str, Any]) -> None:
+        with self._sidecar_lock:
+            self._sidecar.write(json.dumps(row, sort_keys=True) + "\n")
+            self._sidecar.flush()
+
     def add_transitions(self, transitions: Iterable[Mapping[str, Any]], image_key: str = "reward_image",
-                        success_key: str = "success", step: Optional[int] = None) -> int:
-        """Add every transition that carries an image and a success flag (the label). Returns frames written."""
+                        success_key: str = "success", step: Optional[int] = None, source: str = "policy") -> int:
+        """Add every transition that carries an image and a success flag (the label), with its
+        ``frame_info`` when present. Returns frames written."""
         written = 0
-        for image, label in zip(*labelled_images(transitions, image_key, success_key)):
-            written += self.add(image, label)
+        for t in transitions:
+            images, labels = labelled_images([t], image_key, success_key)
+            if images:
+                written += self.add(images[0], labels[0], t.get("frame_info"), source)
         if self.tb_logger is not None and step is not None:
             self.tb_logger.add_scalar("reward_data/success_count", self.counts["success"], step)
             self.tb_logger.add_scalar("reward_data/failure_count", self.counts["failure"], step)
@@ -126,7 +148,17 @@ class LabelledImageWriter:
         self._png.flush()
 
     def close(self) -> None:
-        self._png.close()
+        try:
+            self._png.close()
+        finally:
+            self._sidecar.close()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _json_value(v: Any) -> Any:
+    """numpy / torch scalars as plain python values for the sidecar."""
+    if hasattr(v, "item") and getattr(v, "size", 1) == 1:
+        return v.item()
+    return v

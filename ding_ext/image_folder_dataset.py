@@ -5,6 +5,7 @@ Layout::
     <data>/success/0001.png ...   label 1
     <data>/failure/0001.png ...   label 0
     <data>/metadata.json          optional: env settings (control_mode, reward_render_mode, ...)
+    <data>/frames.jsonl           optional sidecar: one JSON row per PNG (see ``read_sidecar``)
 
 File names are numbered; they are sorted numerically (``9999.png`` before ``10000.png``). Files
 that cannot be decoded (truncated, not a PNG) are skipped and counted by ``scan_image_folder``.
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 CLASS_DIRS = (("success", 1), ("failure", 0))
 METADATA_FILE = "metadata.json"
+SIDECAR_FILE = "frames.jsonl"
+# sidecar fields every row has; any other field is an env fact behind the label (e.g. cube_goal_dist)
+SIDECAR_FIELDS = ("file", "label", "episode_id", "step", "source")
 _NUMBER = re.compile(r"^(\d+)$")
 
 
@@ -70,6 +74,40 @@ def read_metadata(data_dir: str) -> Dict[str, Any]:
     return meta
 
 
+def read_sidecar(data_dir: str) -> Dict[str, Dict[str, Any]]:
+    """``<data>/frames.jsonl`` as {relative PNG path: row}; {} when absent.
+
+    One JSON object per line, appended (and flushed) by the writer after its PNG is on disk:
+    ``file`` (``success/0001.png``), ``label`` (1 success / 0 failure), ``episode_id`` (str),
+    ``step`` (int, within the episode), ``source`` (policy | planner | human | ...), and where the env
+    offers them the facts behind the label (PickCube: ``cube_goal_dist``, ``robot_static``,
+    ``is_grasped``, ``phase``). A line that does not parse (a write cut short by a crash) is skipped
+    with a warning; a later row for the same file replaces an earlier one.
+    """
+    path = os.path.join(data_dir, SIDECAR_FILE)
+    rows: Dict[str, Dict[str, Any]] = {}
+    if not os.path.isfile(path):
+        return rows
+    bad = 0
+    with open(path, "r", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("file"), str):
+                bad += 1
+                continue
+            rows[os.path.normpath(row["file"])] = row
+    if bad:
+        logger.warning("%s: skipped %d unreadable line(s)", path, bad)
+    return rows
+
+
 @dataclass
 class ImageFolderScan:
     """Result of ``scan_image_folder``: the decodable files with labels, and what was skipped."""
@@ -79,6 +117,16 @@ class ImageFolderScan:
     image_shape: Tuple[int, int, int]
     skipped_files: List[str] = field(default_factory=list)
     metadata: Dict[str, Any] = field(default_factory=dict)
+    # sidecar row per file ({} for a file the sidecar does not list), aligned with ``files``
+    frames: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def episode_ids(self) -> Optional[List[str]]:
+        """Episode id per file (a file without one is its own episode); None when no file has one."""
+        if not any(f.get("episode_id") is not None for f in self.frames):
+            return None
+        return [str(f["episode_id"]) if f.get("episode_id") is not None else "file:" + path
+                for f, path in zip(self.frames, self.files)]
 
     @property
     def num_images(self) -> Dict[str, int]:
@@ -147,9 +195,18 @@ def scan_image_folder(data_dir: str, cache: bool = True, num_threads: Optional[i
         for j, i in enumerate(ok):
             images[j] = decoded[i]
     del decoded
+    kept_files = [files[i] for i in ok]
+    sidecar = read_sidecar(data_dir)
+    frames = [dict(sidecar.get(os.path.normpath(os.path.relpath(p, data_dir)), {})) for p in kept_files]
+    for frame, label, path in zip(frames, kept_labels.tolist(), kept_files):
+        if frame and int(frame.get("label", label)) != label:
+            raise DataError(
+                f"{os.path.join(data_dir, SIDECAR_FILE)} labels {os.path.relpath(path, data_dir)} as "
+                f"{frame.get('label')} but the file lies in the {'success' if label else 'failure'} folder"
+            )
     return ImageFolderScan(
-        files=[files[i] for i in ok], labels=kept_labels, images=images, image_shape=shape,
-        skipped_files=skipped, metadata=read_metadata(data_dir)
+        files=kept_files, labels=kept_labels, images=images, image_shape=shape,
+        skipped_files=skipped, metadata=read_metadata(data_dir), frames=frames
     )
 
 
@@ -158,17 +215,27 @@ def _split_rank(seed: int, path: str) -> str:
     return hashlib.sha1(f"{int(seed)}:{rel}".encode("utf-8")).hexdigest()
 
 
-def split_train_val(files: Sequence[str], labels: Sequence[int], val_split: float, seed: int = 0) -> Tuple[List[int], List[int]]:
-    """Stratified, reproducible split; returns (train indices, val indices).
+def split_train_val(files: Sequence[str], labels: Sequence[int], val_split: float, seed: int = 0,
+                    groups: Optional[Sequence[str]] = None) -> Tuple[List[int], List[int]]:
+    """Reproducible train/val split; returns (train indices, val indices).
 
-    Within each class the files are ordered by a seeded hash of ``<class>/<file name>`` and the first
-    ``round(val_split * n)`` go to validation (at least 1 and at most n - 1 when the class has >= 2
-    files and val_split > 0). The same files and seed always give the same split, whatever order the
-    files come in; adding files moves few others.
+    Without ``groups``: stratified by file. Within each class the files are ordered by a seeded hash
+    of ``<class>/<file name>`` and the first ``round(val_split * n)`` go to validation (at least 1 and
+    at most n - 1 when the class has >= 2 files and val_split > 0).
+
+    With ``groups`` (the episode id of each file): split by episode, so frames of one episode never sit
+    on both sides. Episodes are ordered by a seeded hash of their id and go to validation until each
+    class has about ``val_split`` of its frames there (an episode joins while a class it holds frames
+    of still needs them; at least one frame of each class stays in training).
+
+    The same files and seed always give the same split, whatever order the files come in; adding files
+    moves few others.
     """
     if not 0.0 <= float(val_split) < 1.0:
         raise ValueError(f"val_split must lie in [0, 1), got {val_split}")
     labels = np.asarray(labels)
+    if groups is not None:
+        return _split_by_group(labels, list(groups), float(val_split), seed)
     train, val = [], []
     for label in sorted(set(labels.tolist()), reverse=True):
         idx = sorted(np.flatnonzero(labels == label).tolist(), key=lambda i: _split_rank(seed, files[i]))
@@ -181,6 +248,33 @@ def split_train_val(files: Sequence[str], labels: Sequence[int], val_split: floa
         val += idx[:n_val]
         train += idx[n_val:]
     return sorted(train), sorted(val)
+
+
+def _split_by_group(labels: np.ndarray, groups: List[str], val_split: float, seed: int) -> Tuple[List[int], List[int]]:
+    if len(groups) != len(labels):
+        raise ValueError(f"groups has {len(groups)} entries for {len(labels)} files")
+    members: Dict[str, List[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    totals = {c: int((labels == c).sum()) for c in np.unique(labels).tolist()}
+    want = {c: int(round(val_split * n)) for c, n in totals.items()}
+    have = {c: 0 for c in totals}
+    val_groups = set()
+    if val_split > 0:
+        order = sorted(members, key=lambda g: hashlib.sha1(f"{int(seed)}:episode:{g}".encode("utf-8")).hexdigest())
+        for g in order:
+            counts = Counter(labels[members[g]].tolist())
+            needed = [c for c in counts if have[c] < want[c]]
+            fits = all(totals[c] - have[c] - counts[c] >= 1 for c in counts)  # keep each class in training
+            if needed and fits:
+                val_groups.add(g)
+                for c, k in counts.items():
+                    have[c] += k
+            if all(have[c] >= want[c] for c in totals):
+                break
+    val = sorted(i for g in val_groups for i in members[g])
+    train = sorted(i for g in members if g not in val_groups for i in members[g])
+    return train, val
 
 
 def class_balanced_sampler(labels: Sequence[int], num_samples: Optional[int] = None, seed: int = 0) -> WeightedRandomSampler:

@@ -5,7 +5,7 @@ NCHW layout, uint8 in [0, 255] or float in [0, 1], and returns a float NCHW tens
 device, resized to ``image_size`` and optionally normalised with the ImageNet statistics. The uint8
 to float conversion and the resize happen once, on the target device.
 """
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,27 +30,99 @@ def to_tensor(images: ImageBatch) -> torch.Tensor:
     raise TypeError(f"images must be a numpy array, a torch tensor or a list of them, got {type(images).__name__}")
 
 
-def to_nchw(images: ImageBatch, channels: int = 3) -> torch.Tensor:
-    """Validate layout and channel count; return an NCHW tensor (dtype unchanged).
+def _list_parts(images: Sequence, channels: int) -> List[torch.Tensor]:
+    """A list of single images as NCHW tensors: one stacked batch when all agree in shape and dtype, else
+    one 1xCxHxW tensor per image (``preprocess_images`` resizes each). Each item is one HWC or CHW image."""
+    if len(images) == 0:
+        raise ValueError("empty image batch: got a list with no images")
+    items = [to_tensor(im) for im in images]
+    for i, t in enumerate(items):
+        if t.dim() != 3 or channels not in (t.shape[0], t.shape[-1]):
+            raise ValueError(
+                f"image {i} of the list has shape {tuple(t.shape)}: each image in a list must be 3-d HWC or CHW "
+                f"with {channels} channels"
+            )
+    first = items[0]
+    if all(t.shape == first.shape and t.dtype == first.dtype for t in items[1:]):
+        return [_layout_to_nchw(torch.stack(items), channels)]
+    return [_layout_to_nchw(t.unsqueeze(0), channels) for t in items]
 
-    A 3-d input is one image. The channel axis is the one (axis 1 or the last) whose size equals
-    ``channels``; when both do (e.g. a 3x3x3 image) NHWC wins, as cameras produce it.
-    """
-    x = to_tensor(images)
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"images must be 3-d (HWC/CHW) or 4-d (NHWC/NCHW), got shape {tuple(x.shape)}")
+
+def _layout_to_nchw(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """A 4-d batch as NCHW; the channel axis is the last one (NHWC, preferred) or axis 1 (NCHW)."""
     if x.shape[0] == 0:
         raise ValueError(f"empty image batch: shape {tuple(x.shape)}")
     if x.shape[-1] == channels:
-        x = x.permute(0, 3, 1, 2)
-    elif x.shape[1] != channels:
+        return x.permute(0, 3, 1, 2)
+    if x.shape[1] != channels:
         raise ValueError(
             f"images must have {channels} channels (NHWC or NCHW), got shape {tuple(x.shape)}: "
             f"neither axis 1 ({x.shape[1]}) nor the last axis ({x.shape[-1]}) is {channels}"
         )
     return x
+
+
+def _nchw_parts(images: ImageBatch, channels: int) -> List[torch.Tensor]:
+    """Validated NCHW tensors making up the batch (several only for a list of differently sized images)."""
+    if isinstance(images, (list, tuple)):
+        return _list_parts(images, channels)
+    x = to_tensor(images)
+    if x.dim() == 3:
+        if x.shape[-1] == channels:  # one HWC image
+            x = x.unsqueeze(0)
+        elif x.shape[0] == channels:
+            raise ValueError(
+                f"ambiguous image shape {tuple(x.shape)}: it could be one CHW image or a batch of {channels} "
+                f"grayscale frames; pass a 4-d batch (NCHW or NHWC, e.g. x[None] for one CHW image) "
+                f"or one HWC image"
+            )
+        else:
+            raise ValueError(
+                f"a 3-d image must be HWC with {channels} channels, got shape {tuple(x.shape)}: "
+                f"the last axis ({x.shape[-1]}) is not {channels}"
+            )
+    elif x.dim() == 2:
+        raise ValueError(
+            f"images must be 3-d (one HWC image) or 4-d (NHWC/NCHW), got a 2-d shape {tuple(x.shape)}: "
+            f"grayscale images are not supported; repeat the gray channel {channels} times (HxWx{channels})"
+        )
+    elif x.dim() != 4:
+        raise ValueError(f"images must be 3-d (one HWC image) or 4-d (NHWC/NCHW), got shape {tuple(x.shape)}")
+    return [_layout_to_nchw(x, channels)]
+
+
+def to_nchw(images: ImageBatch, channels: int = 3) -> torch.Tensor:
+    """Validate layout and channel count; return an NCHW tensor (dtype unchanged).
+
+    A 4-d input is a batch: the channel axis is the one (axis 1 or the last) whose size equals
+    ``channels``; when both do NHWC wins, as cameras produce it. A 3-d input is one HWC image; a
+    (C, H, W) array is refused as ambiguous (one CHW image or C grayscale frames). A list holds single
+    HWC or CHW images of one shape (``preprocess_images`` also takes lists of different sizes).
+    """
+    parts = _nchw_parts(images, channels)
+    if len(parts) > 1:
+        shapes = sorted({tuple(p.shape[1:]) for p in parts})
+        raise ValueError(f"images of different shapes or dtypes {shapes} cannot form one tensor; "
+                         "preprocess_images resizes them to image_size")
+    return parts[0]
+
+
+def _to_float01(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] NCHW -> float32 in [0, 1], with range and finiteness checks."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        x = x.to(torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                "pass uint8 images in [0, 255] or divide by 255"
+            )
+        return x
+    raise ValueError(f"images must be uint8 or float, got dtype {x.dtype}")
 
 
 def preprocess_images(
@@ -63,28 +135,18 @@ def preprocess_images(
 ) -> torch.Tensor:
     """Validate and convert images to a float NCHW batch ready for the network.
 
-    Raises ``ValueError`` naming the problem for: a wrong channel count, an empty batch, a float image
-    with values outside [0, 1], NaN or infinite values, or an unsupported dtype.
+    A list may hold images of different sizes: each is resized to ``image_size`` on its own. Raises
+    ``ValueError`` naming the problem for: a wrong channel count, an ambiguous or 2-d shape, an empty
+    batch, a float image with values outside [0, 1], NaN or infinite values, or an unsupported dtype.
     """
     c, h, w = int(image_size[0]), int(image_size[1]), int(image_size[2])
-    x = to_nchw(images, channels=c)
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = x.to(torch.float32).div_(255.0)
-    elif x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        x = x.to(torch.float32)
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or infinite values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
-                "pass uint8 images in [0, 255] or divide by 255"
-            )
-    else:
-        raise ValueError(f"images must be uint8 or float, got dtype {x.dtype}")
-    if x.shape[-2:] != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    parts = []
+    for x in _nchw_parts(images, channels=c):
+        x = _to_float01(x.to(device, non_blocking=True))
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        parts.append(x)
+    x = parts[0] if len(parts) == 1 else torch.cat(parts)
     if normalize:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
@@ -106,8 +168,17 @@ def random_shift(x: torch.Tensor, pad: int, generator: "torch.Generator | None" 
 
 
 def to_uint8_hwc(image: ImageBatch) -> np.ndarray:
-    """One image (HWC/CHW, uint8 or float in [0,1]) as a uint8 HxWx3 numpy array, e.g. for PNG files."""
-    x = to_nchw(image)[0].permute(1, 2, 0)
+    """One image (HWC/CHW or a batch of one, uint8 or float in [0,1]) as a uint8 HxWx3 numpy array, e.g. for PNGs.
+
+    The input is known to be one image, so a (3, H, W) array is read as CHW here.
+    """
+    x = to_tensor(image)
+    if x.dim() == 3 and x.shape[-1] != 3 and x.shape[0] == 3:
+        x = x.unsqueeze(0)  # one CHW image
+    x = to_nchw(x)
+    if x.shape[0] != 1:
+        raise ValueError(f"expected one image, got a batch of shape {tuple(x.shape)}")
+    x = x[0].permute(1, 2, 0)
     if x.dtype != torch.uint8:
         x = (x.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
     return x.cpu().numpy()

@@ -1,7 +1,7 @@
 """PNG encoding off the caller's thread, with atomic file writes."""
 import queue
 import threading
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -37,7 +37,8 @@ class AsyncPngWriter:
     """
 
     def __init__(self, max_queue: int = 1024) -> None:
-        self._q: "queue.Queue[Optional[Tuple[str, np.ndarray]]]" = queue.Queue(maxsize=max_queue)
+        self._q: "queue.Queue[Optional[Tuple[str, np.ndarray, Optional[Callable[[], None]]]]]" = \
+            queue.Queue(maxsize=max_queue)
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="png-writer", daemon=True)
         self._thread.start()
@@ -49,16 +50,20 @@ class AsyncPngWriter:
                 if item is None:
                     return
                 if self._error is None:
-                    write_png(*item)
+                    path, image, on_written = item
+                    write_png(path, image)
+                    if on_written is not None:
+                        on_written()
             except BaseException as e:  # kept and re-raised by flush()
                 self._error = e
             finally:
                 self._q.task_done()
 
-    def submit(self, path: str, image_rgb: np.ndarray) -> None:
+    def submit(self, path: str, image_rgb: np.ndarray, on_written: Optional[Callable[[], None]] = None) -> None:
+        """Queue ``image_rgb`` for ``path``; ``on_written`` runs on the writer thread once the file is on disk."""
         if self._error is not None:
             raise self._error
-        self._q.put((path, np.asarray(image_rgb)))
+        self._q.put((path, np.asarray(image_rgb), on_written))
 
     def flush(self) -> None:
         self._q.join()

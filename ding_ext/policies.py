@@ -2,7 +2,8 @@
 
 DI-engine's stock ``_process_transition`` drops ``timestep.info``, so an image reward model would
 never see the camera frame. These variants copy ``info['reward_image']`` (when the env rendered one
-on that step) and ``info['success']`` into the transition; the reward model's ``estimate()`` scores
+on that step), ``info['success']`` and ``info['frame_info']`` (episode id, step and the facts behind the
+label, for the dataset sidecar) into the transition; the reward model's ``estimate()`` scores
 the image and returns copies without it, so the learner receives exactly the stock keys plus the
 label. Registered names (``*_command`` for DI-engine's serial pipelines):
 
@@ -18,6 +19,9 @@ from ding.utils import POLICY_REGISTRY
 
 IMAGE_KEY = 'reward_image'
 SUCCESS_KEY = 'success'
+FRAME_INFO_KEY = 'frame_info'
+# keys the learner must not receive (its collate cannot batch images or per-frame dicts of strings)
+NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY)
 
 
 def with_reward_image(policy_cls: type) -> type:
@@ -31,7 +35,7 @@ def with_reward_image(policy_cls: type) -> type:
         def _process_transition(self, obs: Any, policy_output: Dict[str, Any], timestep: Any) -> Dict[str, Any]:
             transition = super()._process_transition(obs, policy_output, timestep)
             info = timestep.info or {}
-            for key in (IMAGE_KEY, SUCCESS_KEY):
+            for key in (IMAGE_KEY, SUCCESS_KEY, FRAME_INFO_KEY):
                 if key in info and info[key] is not None:
                     transition[key] = info[key]
             return transition

@@ -12,154 +12,44 @@ Writes into ``save_dir`` (default ``<data>/../reward_model_ckpt``):
 * ``best_model.safetensors``: the epoch with the lowest class-balanced validation loss;
 * ``last_model.safetensors``: rewritten after every epoch (both atomically, with metadata);
 * ``tb/``: tensorboard scalars ``train/*`` and ``val/*`` per epoch (and ``reward_model/*`` per step);
-* ``train_summary.json``: options, class counts, skipped files, validation files, per-epoch history.
+* ``train_summary.json``: options, class counts, skipped files, validation files, per-epoch history;
+* ``fidelity_val/``: the fidelity report of the best model on the validation split (PR curve, the
+  lowest threshold reaching ``target_precision``, confusion matrix, histogram, worst errors, report.json;
+  see ``ding_ext.evaluation``); ``store_threshold=true`` stores that threshold in the best checkpoint.
 
 Class imbalance is handled by class-balanced sampling (``balance=sampler``, the default), or by BCE
 ``pos_weight = n_failure / n_success`` (``balance=pos_weight``), or not at all (``balance=none``).
 """
 import argparse
-import ast
 import copy
-import json
 import logging
 import os
 import random
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from easydict import EasyDict
 from torch.utils.data import DataLoader
 
 from .checkpoint_io import write_json_atomic
+from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by older code)
+    binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
+)
 from .image_folder_dataset import (
     METADATA_FILE, DataError, ImageFolderDataset, class_balanced_sampler, scan_image_folder, split_train_val
+)
+from .train_options import (  # noqa: F401  (re-exported: the trainer's public option API)
+    TRAIN_OPTIONS, OptionError, merge_env_metadata, parse_overrides, parse_value, resolve_options
 )
 
 logger = logging.getLogger(__name__)
 
-# key: (default, help)
-TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
-    'epochs': (100, "maximum number of epochs"),
-    'batch_size': (64, "mini-batch size (>= 2)"),
-    'lr': (1e-4, "Adam learning rate (sets model.learning_rate)"),
-    'val_split': (0.1, "fraction of each class held out for validation, in [0, 1)"),
-    'early_stopping_patience': (15, "stop after this many epochs without a better model; 0 disables"),
-    'min_delta': (0.0, "a new best model must lower the monitored loss by more than this"),
-    'save_dir': (None, "output folder; default <data>/../reward_model_ckpt"),
-    'seed': (0, "seed of the split, the sampler and the weight initialisation"),
-    'num_workers': (None, "DataLoader worker processes; default min(2, cpu count)"),
-    'device': ('cpu', "cpu | cuda | cuda:N"),
-    'balance': ('sampler', "class imbalance: sampler (class-balanced sampling) | pos_weight (BCE) | none"),
-    'cache_images': (True, "keep the decoded images in memory (false: decode again in the workers)"),
-    'progress': (True, "show a tqdm progress bar and print the summary line"),
-}
-BALANCE_MODES = ('sampler', 'pos_weight', 'none')
 BEST_NAME = 'best_model.safetensors'
 LAST_NAME = 'last_model.safetensors'
 SUMMARY_NAME = 'train_summary.json'
-
-
-class OptionError(ValueError):
-    """An unknown or invalid trainer / model option."""
-
-
-# ---------------------------------------------------------------------------------------- options
-def parse_value(text: str) -> Any:
-    """``ast.literal_eval`` of ``text``; true/false/none/null in any case; else the string itself."""
-    low = text.strip().lower()
-    if low in ('true', 'false'):
-        return low == 'true'
-    if low in ('none', 'null'):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
-
-
-def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """``['epochs=5', 'model.arch=resnet34']`` -> ``{'epochs': 5, 'model.arch': 'resnet34'}``."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        key = key.strip()
-        if not sep or not key:
-            raise OptionError(f"expected key=value, got {item!r}")
-        out[key] = parse_value(value)
-    return out
-
-
-def model_config_keys(model_type: str = 'resnet') -> List[str]:
-    """The config keys of the registered reward model ``model_type``."""
-    import ding_ext  # noqa: F401  (registers the image reward models)
-    from ding.utils import REWARD_MODEL_REGISTRY
-    if model_type not in REWARD_MODEL_REGISTRY:
-        raise OptionError(f"model.type {model_type!r} is not a registered reward model")
-    return sorted(REWARD_MODEL_REGISTRY.get(model_type).default_config().keys())
-
-
-def resolve_options(options: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Split ``options`` into (trainer options with defaults, model config overrides); validate keys.
-
-    Model keys come as ``model.<key>`` entries or as a ``model`` dict.
-    """
-    train: Dict[str, Any] = {}
-    model: Dict[str, Any] = {}
-    for key, value in options.items():
-        if key == 'model':
-            if not isinstance(value, Mapping):
-                raise OptionError(f"model must be a dict of reward-model config keys, got {value!r}")
-            model.update(value)
-        elif key.startswith('model.'):
-            model[key[len('model.'):]] = value
-        elif key in TRAIN_OPTIONS:
-            train[key] = value
-        else:
-            raise OptionError(
-                f"unknown option {key!r}; valid options: {', '.join(sorted(TRAIN_OPTIONS))}, "
-                "and model.<key> for any reward-model config key"
-            )
-    valid_model = model_config_keys(model.get('type', 'resnet'))
-    for key in model:
-        if key not in valid_model:
-            raise OptionError(f"unknown model option 'model.{key}'; valid model keys: {', '.join(valid_model)}")
-    # model.learning_rate / model.batch_size stand in for lr / batch_size when those are not given
-    if 'lr' not in train and 'learning_rate' in model:
-        train['lr'] = model['learning_rate']
-    if 'batch_size' not in train and 'batch_size' in model:
-        train['batch_size'] = model['batch_size']
-    for key, (default, _) in TRAIN_OPTIONS.items():
-        train.setdefault(key, default)
-    _check_train_options(train)
-    return train, model
-
-
-def _check_train_options(o: Dict[str, Any]) -> None:
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise OptionError(msg)
-
-    need(isinstance(o['epochs'], int) and o['epochs'] >= 1, f"epochs must be an int >= 1, got {o['epochs']!r}")
-    need(isinstance(o['batch_size'], int) and o['batch_size'] >= 2,
-         f"batch_size must be an int >= 2, got {o['batch_size']!r}")
-    need(isinstance(o['lr'], (int, float)) and o['lr'] >= 0, f"lr must be a number >= 0, got {o['lr']!r}")
-    need(isinstance(o['val_split'], (int, float)) and 0 <= o['val_split'] < 1,
-         f"val_split must lie in [0, 1), got {o['val_split']!r}")
-    need(isinstance(o['early_stopping_patience'], int) and o['early_stopping_patience'] >= 0,
-         f"early_stopping_patience must be an int >= 0, got {o['early_stopping_patience']!r}")
-    need(isinstance(o['min_delta'], (int, float)) and o['min_delta'] >= 0,
-         f"min_delta must be a number >= 0, got {o['min_delta']!r}")
-    need(isinstance(o['seed'], int), f"seed must be an int, got {o['seed']!r}")
-    need(o['num_workers'] is None or (isinstance(o['num_workers'], int) and o['num_workers'] >= 0),
-         f"num_workers must be an int >= 0, got {o['num_workers']!r}")
-    if o['balance'] is None:  # `balance=none` on the command line parses to None
-        o['balance'] = 'none'
-    need(o['balance'] in BALANCE_MODES, f"balance must be one of {BALANCE_MODES}, got {o['balance']!r}")
-    need(isinstance(o['device'], str), f"device must be a string such as 'cpu' or 'cuda', got {o['device']!r}")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -176,69 +66,23 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def merge_env_metadata(file_meta: Mapping[str, Any], explicit: Mapping[str, Any],
-                       reserved: Sequence[str], source: str = METADATA_FILE) -> Dict[str, Any]:
-    """Env metadata for the checkpoint: the ``metadata.json`` entries plus explicit ``model.env_metadata``.
-
-    A ``metadata.json`` key that names a network metadata field (``image_size``, ``arch`` ...) is stored
-    as ``env_<key>``: the env's camera ``image_size`` is not the network's input ``image_size``, and
-    storing it under the same name would overwrite the network field the loader checks. An explicit
-    entry that contradicts ``metadata.json`` is an error (the checkpoint must describe its images).
-    """
-    out: Dict[str, Any] = {}
-    for key, value in file_meta.items():
-        out[f'env_{key}' if key in reserved else key] = value
-    for key, value in (explicit or {}).items():
-        if key in out and _json_norm(out[key]) != _json_norm(value):
-            raise DataError(
-                f"{source} says {key}={out[key]!r} but model.env_metadata says {key}={value!r}: the images were "
-                f"collected with {key}={out[key]!r}; collect data with the configured setting, or fix the config"
-            )
-        out[key] = value
-    return out
-
-
-def _json_norm(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
-
-
-def binary_metrics(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> Dict[str, float]:
-    """BCE loss (plain and class-balanced), accuracy, balanced accuracy, precision/recall/F1 of success."""
-    logits = logits.float()
-    labels = labels.float()
-    per = F.binary_cross_entropy_with_logits(logits, labels, reduction='none')
-    pos, neg = labels > 0.5, labels <= 0.5
-    class_losses = [per[m].mean() for m in (pos, neg) if m.any()]
-    pred = torch.sigmoid(logits) > threshold
-    tp = int((pred & pos).sum())
-    fp = int((pred & neg).sum())
-    fn = int((~pred & pos).sum())
-    tn = int((~pred & neg).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    rates = [r for r, m in ((recall, pos), (tn / (tn + fp) if tn + fp else 0.0, neg)) if m.any()]
-    return dict(
-        loss=float(per.mean()),
-        balanced_loss=float(torch.stack(class_losses).mean()),
-        accuracy=(tp + tn) / len(labels),
-        balanced_accuracy=float(np.mean(rates)),
-        precision=precision,
-        recall=recall,
-        f1=f1,
-        tp=tp, fp=fp, fn=fn, tn=tn,
-    )
-
-
-def evaluate(model: Any, loader: DataLoader) -> Dict[str, float]:
-    """Metrics of ``model`` on ``loader`` (eval mode, no gradients), at ``model.cfg.reward_threshold``."""
-    model.network.eval()
-    logits, labels = [], []
-    with torch.inference_mode(), model._autocast():
-        for images, y in loader:
-            logits.append(model.network(model.preprocess_images(images)).float().cpu())
-            labels.append(torch.as_tensor(y, dtype=torch.float32))
-    return binary_metrics(torch.cat(logits), torch.cat(labels), float(model.cfg.reward_threshold))
+def _fidelity_on_val(model: Any, scan: Any, val_set: ImageFolderDataset, val_idx: Sequence[int],
+                     opts: Mapping[str, Any], save_dir: str, best_path: str, data_dir: str) -> Dict[str, Any]:
+    """The fidelity report of the best model on the validation split, in ``<save_dir>/fidelity_val``."""
+    model.load(best_path)
+    images = scan.images[val_set.indices] if scan.images is not None else \
+        np.stack([val_set[i][0] for i in range(len(val_set))])
+    frames = [scan.frames[i] for i in val_idx] if any(scan.frames) else None
+    probs = score_images(model, images, 2 * int(opts['batch_size']))
+    report = fidelity_report(probs, val_set.labels, frames=frames, images=images, files=val_set.files,
+                             threshold=model.threshold, target_precision=float(opts['target_precision']),
+                             out_dir=os.path.join(save_dir, 'fidelity_val'), title='validation split')
+    if opts['store_threshold']:
+        if report['chosen_threshold'] is None:
+            logger.warning("store_threshold: nothing stored in %s: %s", best_path, report['chosen_reason'])
+        else:
+            store_calibration(best_path, report, f"{data_dir} (validation split)")
+    return report
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -250,7 +94,8 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     metrics of the best epoch), ``best_epoch``, ``epochs_run``, ``stopped_early``, ``history`` (one dict
     per epoch), ``num_images`` ({'success': n, 'failure': n} readable images), ``skipped`` (number of
     unreadable PNGs), ``skipped_files``, ``train_files``, ``val_files``, ``metadata`` (checkpoint
-    metadata), ``save_dir``, ``summary_path``.
+    metadata), ``save_dir``, ``summary_path``, ``report`` (the ``fidelity_report`` of the best model on the
+    validation split; None without one) and ``report_dir`` (``<save_dir>/fidelity_val``).
 
     Raises ``OptionError`` (a ValueError) for bad options and ``DataError`` (a ValueError) for bad data.
     """
@@ -268,7 +113,8 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     # -- data
     t0 = time.time()
     scan = scan_image_folder(data_dir, cache=bool(opts['cache_images']))
-    train_idx, val_idx = split_train_val(scan.files, scan.labels, opts['val_split'], opts['seed'])
+    train_idx, val_idx = split_train_val(scan.files, scan.labels, opts['val_split'], opts['seed'],
+                                         groups=scan.episode_ids)  # by episode when the sidecar has ids
     train_set = ImageFolderDataset(scan, train_idx)
     val_set = ImageFolderDataset(scan, val_idx)
     n_pos = int(train_set.labels.sum())
@@ -291,6 +137,8 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     # co-training warm-start images; a model.checkpoint_path is loaded below, as initial weights
     cfg.update(learning_rate=float(opts['lr']), batch_size=int(opts['batch_size']), checkpoint_path=None,
                pretrain_reward=False, cooptrain_reward=True, cooptrain_seed_data_dir=None)
+    if cfg.get('reward_threshold') == 'auto':  # picked from the validation data at the end (fidelity report)
+        cfg['reward_threshold'] = 0.5
     os.makedirs(save_dir, exist_ok=True)
     writer = SummaryWriter(os.path.join(save_dir, 'tb'))
     try:
@@ -371,8 +219,12 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
                 stopped_early = epoch < int(opts['epochs'])
                 break
         bar.close()
+        report = _fidelity_on_val(model, scan, val_set, val_idx, opts, save_dir, best_path, data_dir) \
+            if len(val_set) else None
     finally:
         writer.close()
+    if report is None and opts['store_threshold']:
+        logger.warning("store_threshold: no validation split to pick a threshold on; nothing stored")
 
     result = dict(
         best_path=best_path,
@@ -398,10 +250,11 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
         pos_weight=pos_weight,
         options=dict(opts),
         model_config=model_overrides,
+        report_dir=os.path.join(save_dir, 'fidelity_val') if report is not None else None,
     )
     summary_path = os.path.join(save_dir, SUMMARY_NAME)
-    write_json_atomic(summary_path, result, default=str)
-    result['summary_path'] = summary_path
+    write_json_atomic(summary_path, dict(result, report=report_summary(report) if report else None), default=str)
+    result.update(summary_path=summary_path, report=report)
 
     val_txt = (f"val loss {best_val['loss']:.4f}, acc {best_val['accuracy']:.3f}, precision "
                f"{best_val['precision']:.3f}, recall {best_val['recall']:.3f}, F1 {best_val['f1']:.3f}"
@@ -409,10 +262,7 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     line = (f"reward model: best epoch {best_epoch}/{len(history)}{' (early stop)' if stopped_early else ''}: "
             f"{val_txt}; {scan.num_images['success']} success / {scan.num_images['failure']} failure images, "
             f"{len(scan.skipped_files)} skipped; best -> {best_path}")
-    if progress:
-        print(line, flush=True)
-    else:
-        logger.info(line)
+    print(line, flush=True)  # always: ``progress`` only controls the tqdm bar
     return result
 
 
@@ -442,7 +292,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = args.data if args.data is not None else data_key
         if data is None:
             raise OptionError("no data folder: give --data DIR")
-        train_reward_model(str(data), **options)
+        result = train_reward_model(str(data), **options)
+        if result.get('report'):
+            from .evaluation import format_report
+            print(format_report(result['report']), flush=True)
     except OptionError as e:
         parser.error(str(e))
     except DataError as e:

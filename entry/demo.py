@@ -1,20 +1,33 @@
-"""`make demo`: a miniature of the four-stage PickCube recipe on CPU, ending with a summary table.
+"""`make demo`: the PickCube recipe in miniature on CPU, ending with a summary table.
 
-1. collect: dense-reward PPO writes success/failure reward images (success class topped up with
-   motion-planner solutions, since an untrained policy rarely succeeds in minutes on a CPU);
-2. train the ResNet classifier on them (held-out validation metrics);
+1. collect: dense-reward PPO writes episode-end reward images, and whole motion-planned episodes add
+   the success frames and the hard negatives around them (approach, grasp, transport, the cube at the
+   goal while the arm moves, the cube held away from the goal), every frame labelled by the env;
+2. train the ResNet classifier (train/val split by episode), print its fidelity report on the
+   validation episodes and store the threshold that reaches precision 0.95 there in the checkpoint;
+   then judge it on held-out frames of seeds it never saw: planner episodes (every frame) and
+   random-action episodes, on all frames and on the unambiguous ones;
 3. dense-reward PPO to a checkpoint;
-4. resume it with the classifier as the reward (terminal mode, replace).
+4. resume it with the classifier as the only reward (terminal mode, reward_threshold='auto'), with the
+   reward-hacking alarm watching its precision against env success.
 
-    python -m entry.demo [--out demo_output] [--scale 1.0]
+    python -m entry.demo [--out demo_output] [--scale 1.0] [--verbose]
 """
 import argparse
+import logging
 import os
 import shutil
 import time
+import warnings
 from typing import Any, Dict, List
 
 import numpy as np
+
+# seeds: planner training episodes, then held-out planner and random-action episodes far from every seed the
+# PPO collectors draw (seed + 100 * randint(1, 1000) < 100100)
+TRAIN_PLANNER_SEED, HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED = 10000, 200000, 300000
+TARGET_PRECISION = 0.95
+MODEL_IMAGE_SIZE = [3, 96, 96]
 
 
 def _success_rate(history: Dict[str, Any]) -> float:
@@ -30,15 +43,62 @@ def _agreement(history: Dict[str, Any]) -> str:
     if not rows:
         return 'n/a'
     acc = np.mean([r['env_accuracy'] for r in rows])
-    return f"{acc:.3f} over {len(rows)} iterations"
+    alarm = 'raised' if any(r.get('hacking_alarm') for r in rows) else 'not raised'
+    return f"accuracy {acc:.3f} over {len(rows)} iterations; reward-hacking alarm {alarm}"
+
+
+def unambiguous_mask(frames: List[Dict[str, Any]], labels: np.ndarray) -> np.ndarray:
+    """Frames a single image can judge: success (held at the goal, robot static), or the cube more than
+    5 cm from the goal. Left out: the cube near or at the goal while the arm still moves."""
+    dist = np.asarray([f.get('cube_goal_dist', np.nan) for f in frames], dtype=float)
+    return (np.asarray(labels) == 1) | (dist > 0.05)
+
+
+def record_heldout(out_dir: str, env_cfg: Dict[str, Any], n_planner: int, n_random: int) -> None:
+    """Held-out frames of unseen seeds: every frame of planner episodes, every 5th of random-action episodes."""
+    from ding_ext.image_dataset_writer import LabelledImageWriter
+    from dizoo_maniskill.envs.scripted_success import failure_frames
+    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
+    from entry.serial_entry_reward_model import env_metadata
+    record_planner_episodes(out_dir, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + n_planner), env_cfg,
+                            workers=2, frame_stride=1)
+    writer = LabelledImageWriter(out_dir, 10 ** 9, 10 ** 9, 1.0, 1.0, metadata=env_metadata(env_cfg), progress=False)
+    try:
+        for f in failure_frames(n_random, seed=HELDOUT_RANDOM_SEED, env_cfg=env_cfg, episode_steps=50, frame_stride=5):
+            writer.add(f['image'], f['success'], f['frame_info'], source=f['source'])
+    finally:
+        writer.close()
+
+
+def evaluate_heldout(checkpoint: str, data_dir: str, out_dir: str) -> Dict[str, Any]:
+    """The fidelity report of ``checkpoint`` on ``data_dir`` at its calibrated threshold, with the unambiguous subset."""
+    from ding_ext.evaluate_reward_model import build_model_from_checkpoint
+    from ding_ext.evaluation import fidelity_report, format_report, score_images
+    from ding_ext.image_folder_dataset import scan_image_folder
+    model = build_model_from_checkpoint(checkpoint)
+    threshold = float(model.loaded_metadata.get('calibrated_threshold', 0.5))
+    scan = scan_image_folder(data_dir)
+    probs = score_images(model, scan.images)
+    report = fidelity_report(probs, scan.labels, frames=scan.frames, images=scan.images, files=scan.files,
+                             threshold=threshold, target_precision=TARGET_PRECISION, out_dir=out_dir,
+                             subsets={'unambiguous': unambiguous_mask(scan.frames, scan.labels)},
+                             title='held-out frames of unseen seeds')
+    print(format_report(report), flush=True)
+    return report
+
+
+def _pr(m: Dict[str, Any]) -> str:
+    return f"precision {m['precision']:.3f}  recall {m['recall']:.3f}"
 
 
 def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
+    from ding_ext.evaluation import format_report
+    from ding_ext.image_folder_dataset import scan_image_folder
     from ding_ext.train_reward_model import train_reward_model
     from dizoo_maniskill.config import pickcube_ppo_collect_config as s1
     from dizoo_maniskill.config import pickcube_ppo_config as s3
     from dizoo_maniskill.config import pickcube_ppo_resnet_reward_config as s4
-    from dizoo_maniskill.seed_success_images import seed_success_images
+    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
     from entry import serial_pipeline_reward_model_onpolicy
 
     if os.path.exists(out):
@@ -46,101 +106,132 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     os.makedirs(out)
     os.chdir(out)
     n = lambda x: max(1, int(round(x * scale)))  # noqa: E731
-    t_start, timings, summary = time.time(), {}, {}
+    t_start, timings = time.time(), {}
 
     def small(main):
         main.env.update(collector_env_num=2, evaluator_env_num=2, n_evaluator_episode=8)
         main.policy.eval.evaluator.eval_freq = 10 ** 6  # evaluate at the start and the end only
         return main
 
-    # ---- stage 1: dense PPO + image collection
-    print("[stage 1/4] dense-reward PPO on PickCube, writing success/failure reward images", flush=True)
+    # ---- stage 1: dense PPO + image collection, then whole planner episodes
+    print("[stage 1/4] dense-reward PPO on PickCube writing episode-end reward images, then whole motion-planned "
+          "episodes (every frame labelled by the env)", flush=True)
     t = time.time()
     main, create = s1.main_config, s1.create_config
     small(main)
-    main.reward_data_collection.update(target_success=n(60), target_failure=n(120), sample_rate_fail=1.0)
-    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(120)).history
+    main.reward_data_collection.update(target_success=n(1000), target_failure=n(40), sample_rate_fail=1.0)
+    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(40)).history
     data_dir = main.reward_data_collection.save_dir
     ppo_counts = dict(hist.get('images', {}))
-    seeded = 0
-    if ppo_counts.get('success', 0) < n(60):
-        print(f"  PPO produced {ppo_counts.get('success', 0)} success frames; adding motion-planner solutions", flush=True)
-        seeded = seed_success_images(data_dir, n(60) - ppo_counts.get('success', 0))
+    env_cfg = dict(main.env)
+    planner_counts = record_planner_episodes(
+        data_dir, range(TRAIN_PLANNER_SEED, TRAIN_PLANNER_SEED + n(24)), env_cfg, workers=2)
     timings['1 collect'] = time.time() - t
 
-    # ---- stage 2: the classifier
-    print("[stage 2/4] training the ResNet success classifier", flush=True)
+    # ---- stage 2: the classifier, its report on the validation episodes, and on unseen seeds
+    print("[stage 2/4] training the ResNet success classifier (train/val split by episode)", flush=True)
     t = time.time()
     rm = s4.main_config.reward_model
-    rm.image_size = [3, 64, 64]  # the miniature classifier works on 64x64 (the recipe's configs use 128)
+    rm.image_size = MODEL_IMAGE_SIZE  # the miniature classifier; the recipe's configs use 128
     result = train_reward_model(
-        data_dir, epochs=n(30), batch_size=32, lr=3e-4, val_split=0.2, early_stopping_patience=0,
-        save_dir=os.path.dirname(rm.checkpoint_path), num_workers=0,
+        data_dir, epochs=n(10), batch_size=32, lr=3e-4, val_split=0.2, early_stopping_patience=0,
+        save_dir=os.path.dirname(rm.checkpoint_path), num_workers=0, target_precision=TARGET_PRECISION,
+        store_threshold=True,
         **{'model.arch': rm.arch, 'model.hidden_dim': rm.hidden_dim, 'model.image_size': rm.image_size}
     )
+    print(format_report(result['report']), flush=True)
     timings['2 train classifier'] = time.time() - t
+    print("[stage 2/4] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)
+    t = time.time()
+    record_heldout('pickcube_heldout', env_cfg, n(12), n(6))
+    heldout = evaluate_heldout(result['best_path'], 'pickcube_heldout', 'pickcube_reward_model/fidelity_heldout')
+    timings['2 held-out check'] = time.time() - t
 
     # ---- stage 3: dense PPO to a checkpoint
     print("[stage 3/4] dense-reward PPO to a checkpoint", flush=True)
     t = time.time()
     main, create = s3.main_config, s3.create_config
     small(main)
-    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(160)).history
+    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(120)).history
     timings['3 dense PPO'] = time.time() - t
 
-    # ---- stage 4: resume with the ResNet reward
-    print("[stage 4/4] resuming PPO with the classifier as the reward (terminal, replace)", flush=True)
+    # ---- stage 4: resume with the ResNet reward at the calibrated threshold
+    print("[stage 4/4] resuming PPO with the classifier as the reward (terminal, replace, threshold auto)", flush=True)
     t = time.time()
     main, create = s4.main_config, s4.create_config
     small(main)
+    main.reward_model.reward_threshold = 'auto'
     hist4 = serial_pipeline_reward_model_onpolicy(
-        (main, create), seed=0, max_train_iter=n(80), cooptrain_reward=False, pretrain_reward=False
+        (main, create), seed=0, max_train_iter=n(64), cooptrain_reward=False, pretrain_reward=False
     ).history
     timings['4 PPO + ResNet reward'] = time.time() - t
 
-    val = result['best_val']
+    scan = scan_image_folder(data_dir, cache=False)
+    sources = {}
+    for f, label in zip(scan.frames, scan.labels.tolist()):
+        key = f.get('source', 'unknown')
+        sources.setdefault(key, [0, 0])[1 - label] += 1
+    val, unamb = result['report'], heldout['subsets']['unambiguous']
+    threshold = result['report']['chosen_threshold']
     summary = {
-        'images (success / failure)': f"{result['num_images']['success']} / {result['num_images']['failure']} "
-        f"({ppo_counts.get('success', 0)} success and {ppo_counts.get('failure', 0)} failure from PPO, "
-        f"{seeded} success from the motion planner)",
-        'classifier validation': f"acc {val['accuracy']:.3f}  precision {val['precision']:.3f}  "
-        f"recall {val['recall']:.3f}  F1 {val['f1']:.3f}",
+        'training images (success / failure)': ", ".join(f"{k} {s} / {f}" for k, (s, f) in sorted(sources.items()))
+        + f" ({planner_counts['success'] + planner_counts['failure']} planner frames of {n(24)} episodes, "
+          f"{ppo_counts.get('failure', 0)} PPO frames)",
+        'validation episodes (stage 2)': _pr(val['at_chosen'] or val['at_threshold'])
+        + f"  over {val['num_images']} frames",
+        'chosen threshold': (f"{threshold:.4f} (lowest reaching precision {TARGET_PRECISION} on the validation "
+                             "episodes; stored in the checkpoint)") if threshold is not None
+        else f"none ({val['chosen_reason']}); 0.5 used",
+        'held-out, all frames': f"{_pr(heldout['at_threshold'])}  over {heldout['num_images']} frames "
+                                f"({heldout['num_success']} success) at the stored threshold",
+        'held-out, unambiguous frames': f"{_pr(unamb['at_threshold'])}  over {unamb['num_images']} frames",
+        'held-out report': heldout['paths'].get('report_json', ''),
+        'held-out plots': ", ".join(os.path.basename(p) for k, p in heldout['paths'].items() if p.endswith('.png'))
+        + f" in {os.path.dirname(heldout['paths'].get('report_json', ''))}",
         'success rate after stage 3': f"{_success_rate(hist3):.3f}",
         'success rate after stage 4': f"{_success_rate(hist4):.3f}",
         'reward model vs env success (stage 4)': _agreement(hist4),
         'wall time': ", ".join(f"{k}: {v:.0f}s" for k, v in timings.items()) + f"; total {time.time() - t_start:.0f}s",
     }
     width = max(len(k) for k in summary)
-    print("\n" + "=" * 100 + "\nPickCube four-stage recipe (miniature)\n" + "-" * 100)
+    print("\n" + "=" * 110 + "\nPickCube recipe (miniature)\n" + "-" * 110)
     for k, v in summary.items():
         print(f"{k:<{width}}  {v}")
-    print("=" * 100)
-    return summary
+    print("=" * 110)
+    return dict(summary=summary, validation=val, heldout=heldout)
 
 
 def quiet_logs() -> None:
-    """Keep DI-engine's per-iteration INFO tables in its log files, off the console (warnings still show)."""
-    import logging
-    import warnings
-
+    """Keep third-party import chatter and DI-engine's per-iteration INFO tables off the console (they stay in
+    DI-engine's log files). Runs at import, so the spawned env and planner processes, which import this module
+    as their main module, are quiet too; PYTHONWARNINGS reaches the processes they start in turn."""
+    os.environ['PYTHONWARNINGS'] = 'ignore'
+    warnings.filterwarnings('ignore')
+    root = logging.getLogger()
+    root.setLevel(logging.ERROR)  # DI-engine's "please install pyecharts / transformers / numba" on import
     import ding  # noqa: F401  (installs DI-engine's console handler)
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)
+    root.setLevel(logging.WARNING)
     logging.getLogger('mani_skill').setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" on every env
-    warnings.filterwarnings('ignore')
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='demo_output', help='working directory (recreated)')
-    p.add_argument('--scale', type=float, default=1.0, help='multiply targets and iterations')
+    p.add_argument('--scale', type=float, default=1.0, help='multiply targets, episodes and iterations')
     p.add_argument('--verbose', action='store_true', help="show DI-engine's INFO logs on the console")
     args = p.parse_args(argv)
-    if not args.verbose:
-        quiet_logs()
+    if args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.INFO)
+        logging.getLogger().setLevel(logging.INFO)
     run_demo(os.path.abspath(args.out), args.scale)
     return 0
 
+
+if __name__ in ('__main__', '__mp_main__'):  # spawned children import this module as __mp_main__
+    quiet_logs()
 
 if __name__ == '__main__':
     raise SystemExit(main())

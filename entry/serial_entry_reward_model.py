@@ -9,7 +9,8 @@ Compared with DI-engine 0.5.3's ``serial_pipeline_reward_model_onpolicy/offpolic
   success/failure images written while the policy trains);
 - policy resume from ``policy.resume_dir`` (an experiment directory) or ``policy.load_path``;
 - per-iteration agreement between the learned reward and env success (``reward_model/precision``,
-  ``reward_model/recall``, ``reward_model/env_accuracy``) so reward hacking is visible.
+  ``reward_model/recall``, ``reward_model/env_accuracy``), a reward-hacking alarm and hard-negative
+  mining (``entry.reward_monitor``).
 
 Rewards reach the learner only through ``reward_model.estimate()``.
 """
@@ -35,8 +36,8 @@ from easydict import EasyDict
 from tensorboardX import SummaryWriter
 
 from ding_ext.image_dataset_writer import LabelledImageWriter
-from ding_ext.policies import IMAGE_KEY
-from ding_ext.transitions import labelled_images
+from ding_ext.policies import NON_LEARNER_KEYS
+from entry.reward_monitor import RewardMonitor
 
 # env config fields recorded with collected images and checked against a reward checkpoint
 ENV_METADATA_FIELDS = {'control_mode': 'control_mode', 'reward_render_mode': 'reward_render_mode',
@@ -55,6 +56,7 @@ class Workers:
     reward_model: Any
     image_writer: Optional[LabelledImageWriter]
     tb_logger: SummaryWriter
+    monitor: Optional[RewardMonitor] = None
 
 
 def env_metadata(env_cfg: EasyDict) -> Dict[str, Any]:
@@ -145,9 +147,10 @@ def setup_workers(
     commander = BaseSerialCommander(
         cfg.policy.other.commander, learner, collector, evaluator, replay_buffer, policy.command_mode
     )
-    reward_model = None
+    reward_model, monitor = None, None
     if 'reward_model' in cfg:
         reward_model = create_reward_model(cfg.reward_model, policy.collect_mode.get_attribute('device'), tb_logger)
+        monitor = RewardMonitor(reward_model, tb_logger, env_metadata(cfg.env))
     image_writer = None
     rdc = cfg.get('reward_data_collection', None)
     if rdc and rdc.get('enabled', False):
@@ -157,34 +160,14 @@ def setup_workers(
             seed=cfg.seed, tb_logger=tb_logger
         )
     return Workers(
-        cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger
+        cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger,
+        monitor
     )
 
 
 def strip_images(data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Shallow copies without the reward image (the learner's collate cannot batch it)."""
-    return [{k: v for k, v in t.items() if k != IMAGE_KEY} for t in data]
-
-
-def log_agreement(reward_model, data: List[Dict[str, Any]], tb_logger, step: int) -> Optional[Dict[str, float]]:
-    """Compare the learned reward's success decisions with env success on the images in ``data``."""
-    images, labels = labelled_images(data, reward_model.cfg.image_key, reward_model.cfg.success_key)
-    if not images:
-        return None
-    pred = (reward_model.predict_proba(images) > float(reward_model.cfg.reward_threshold)).numpy()
-    y = np.asarray(labels, dtype=bool)
-    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
-    stats = {
-        'precision': tp / (tp + fp) if tp + fp else float('nan'),
-        'recall': tp / (tp + fn) if tp + fn else float('nan'),
-        'env_accuracy': float((pred == y).mean()),
-        'env_success_rate': float(y.mean()),
-        'predicted_success_rate': float(pred.mean()),
-    }
-    for k, v in stats.items():
-        if not np.isnan(v):
-            tb_logger.add_scalar(f'reward_model/{k}', v, step)
-    return stats
+    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them)."""
+    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} for t in data]
 
 
 def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> Dict[str, Any]:
@@ -194,7 +177,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     if not onpolicy and cfg.policy.get('random_collect_size', 0) > 0:
         from ding.entry.utils import random_collect
         random_collect(cfg.policy, w.policy, collector, collector.env, w.commander, w.replay_buffer)
-    history = dict(eval=[], agreement=[])
+    history = dict(eval=[], agreement=[], alarm_stop=False)
     best_return, count = -np.inf, 0
 
     def evaluate() -> bool:
@@ -222,7 +205,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         if w.image_writer is not None:
             w.image_writer.add_transitions(new_data, step=collector.envstep)
         if rm is not None:
-            stats = log_agreement(rm, new_data, w.tb_logger, learner.train_iter)
+            stats = w.monitor.update(new_data, learner.train_iter)
             if stats is not None:
                 history['agreement'].append({'train_iter': learner.train_iter, **stats})
             rm.collect_data(new_data)
@@ -243,6 +226,9 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
             if not onpolicy and learner.policy.get_attribute('priority'):
                 w.replay_buffer.update(learner.priority_info)
         count += 1
+        if w.monitor is not None and w.monitor.should_stop:
+            history['alarm_stop'] = True
+            break
         if w.image_writer is not None and w.image_writer.done and \
                 cfg.reward_data_collection.get('stop_when_done', True):
             logging.info("reward_data_collection: both image targets reached, stopping")
@@ -259,6 +245,8 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         history['images'] = dict(w.image_writer.counts)
     collector.close()
     evaluator.close()
+    if w.replay_buffer is not None:
+        w.replay_buffer.close()  # its tensorboard writer, before the caller leaves the working directory
     return history
 
 
@@ -270,6 +258,8 @@ def _pipeline(onpolicy, input_cfg, seed, env_setting, model, max_train_iter, max
     finally:  # an interrupted run still gets every queued reward image onto disk
         if w.image_writer is not None:
             w.image_writer.close()
+        if w.monitor is not None:
+            w.monitor.close()
     w.policy.reward_model = w.reward_model
     w.policy.exp_name = w.cfg.exp_name
     return w.policy

@@ -18,6 +18,7 @@ from easydict import EasyDict
 
 from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
+from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import preprocess_images, random_shift
 from ..transitions import as_bool, labelled_images, lookup
 
@@ -42,11 +43,13 @@ class BaseImageRewardModel(BaseRewardModel):
         precision='fp32',
         # (str) per_step: score every transition; terminal: score transitions with done=True, r=0 elsewhere.
         reward_mode='terminal',
-        # (float) Model reward when the success probability is above ``reward_threshold``.
+        # (float) Model reward when the success probability is above the threshold (``reward_threshold``).
         success_reward=1.0,
         # (float) Model reward otherwise.
         fail_reward=0.0,
-        # (float) Probability threshold for success.
+        # (float|str) Probability threshold: success when p > threshold. 'auto': the calibrated_threshold stored
+        # in the checkpoint's metadata by `python -m ding_ext.evaluate_reward_model --checkpoint CKPT --data DIR
+        # --store-threshold` (the lowest threshold reaching a target precision on held-out data).
         reward_threshold=0.5,
         # (bool) Use the success probability itself as the model reward instead of success/fail_reward.
         use_soft_reward=False,
@@ -93,6 +96,16 @@ class BaseImageRewardModel(BaseRewardModel):
         pretrain_data_dir=None,
         # (dict) Trainer options for pretraining (see ding_ext.train_reward_model.TRAIN_OPTIONS).
         pretrain=dict(epochs=20, batch_size=64, val_split=0.1, early_stopping_patience=5, seed=0),
+        # (float) Reward-hacking alarm: warn (and log reward_model/hacking_alarm) when the learned reward's online
+        # precision against env success stays below this for ``alarm_patience`` iterations (entry.reward_monitor).
+        precision_alarm=0.8,
+        # (int) Consecutive iterations below ``precision_alarm`` that raise the alarm.
+        alarm_patience=5,
+        # (bool) Stop the RL run when the alarm is raised.
+        stop_on_alarm=False,
+        # (str|None) Hard-negative mining: frames the learned reward calls success while the env says failure are
+        # written to <dir>/failure/ (with sidecar rows) during RL, for the next training round; e.g. stage 1's folder.
+        hard_negative_dir=None,
         # (dict) Extra metadata stored in checkpoints and checked against them (e.g. the env's control_mode).
         env_metadata={},
         # (str) Where ``save()`` writes when no path is given.
@@ -119,9 +132,8 @@ class BaseImageRewardModel(BaseRewardModel):
         self.seed_failure_images: List[np.ndarray] = []
         self.train_iter = 0
         self.loaded_metadata: Dict[str, Any] = {}
+        self._calibration: Dict[str, Any] = {}  # calibration of the loaded weights, until they are trained
         self._one_class_warned = False
-        dbg = debug_dir_from(self.cfg.debug_save_dir)
-        self.debug_writer = DebugImageWriter(dbg, self.cfg.reward_threshold) if dbg else None
         if self.cfg.cooptrain_reward and self.cfg.cooptrain_seed_data_dir:
             self._load_seed_images(self.cfg.cooptrain_seed_data_dir)
         self.pretrain_result: Optional[Dict[str, Any]] = None
@@ -140,6 +152,9 @@ class BaseImageRewardModel(BaseRewardModel):
             raise ValueError(
                 "a frozen reward model (cooptrain_reward and pretrain_reward false) needs checkpoint_path"
             )
+        threshold = self.threshold  # reward_threshold='auto' without a calibrated checkpoint fails here
+        dbg = debug_dir_from(self.cfg.debug_save_dir)
+        self.debug_writer = DebugImageWriter(dbg, threshold) if dbg else None
 
     def _load_seed_images(self, data_dir: str) -> None:
         from ..image_folder_dataset import scan_image_folder
@@ -188,10 +203,33 @@ class BaseImageRewardModel(BaseRewardModel):
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {c.precision!r}")
         if len(c.image_size) != 3:
             raise ValueError(f"image_size must be [C, H, W], got {c.image_size!r}")
-        if not 0.0 <= float(c.reward_threshold) <= 1.0:
-            raise ValueError(f"reward_threshold must lie in [0, 1], got {c.reward_threshold}")
+        t = c.reward_threshold
+        if t != 'auto' and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0):
+            raise ValueError(f"reward_threshold must be a number in [0, 1] or 'auto', got {t!r}")
         if int(c.batch_size) < 2:
             raise ValueError(f"batch_size must be >= 2 (half success, half failure), got {c.batch_size}")
+
+    @property
+    def threshold(self) -> float:
+        """The effective success threshold: ``reward_threshold``, or with 'auto' the ``calibrated_threshold``
+        of the loaded checkpoint's metadata (ValueError when it has none)."""
+        if self.cfg.reward_threshold != 'auto':
+            return float(self.cfg.reward_threshold)
+        value = self.loaded_metadata.get('calibrated_threshold')
+        if value is None:
+            ckpt = self.cfg.checkpoint_path
+            if ckpt and os.path.isfile(ckpt):
+                where = f"checkpoint {ckpt} has no calibrated_threshold in its metadata"
+            elif ckpt:
+                where = f"checkpoint_path {ckpt} does not exist"
+            else:
+                where = "no checkpoint is loaded (checkpoint_path is not set)"
+            raise ValueError(
+                f"reward_threshold='auto' needs a checkpoint calibrated on held-out data, but {where}; run "
+                f"`python -m ding_ext.evaluate_reward_model --checkpoint {ckpt or 'CKPT'} --data DIR --store-threshold` "
+                "(or train with store_threshold=true), or set a numeric reward_threshold"
+            )
+        return float(value)
 
     # ------------------------------------------------------------------ images and probabilities
     def preprocess_images(self, images: Any) -> torch.Tensor:
@@ -230,7 +268,7 @@ class BaseImageRewardModel(BaseRewardModel):
         if self.cfg.use_soft_reward:
             return probs.clone()
         return torch.where(
-            probs > float(self.cfg.reward_threshold),
+            probs > self.threshold,
             torch.full_like(probs, float(self.cfg.success_reward)),
             torch.full_like(probs, float(self.cfg.fail_reward)),
         )
@@ -251,6 +289,7 @@ class BaseImageRewardModel(BaseRewardModel):
 
     def _dump_debug(self, images: Any, probs: torch.Tensor) -> None:
         if self.debug_writer is not None:
+            self.debug_writer.threshold = self.threshold  # follows a later load() of another checkpoint
             self.debug_writer.write(images, probs.tolist())
 
     # ------------------------------------------------------------------ DI-engine contract
@@ -267,11 +306,12 @@ class BaseImageRewardModel(BaseRewardModel):
     def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Copies of ``data`` with ``reward`` replaced by the combined reward; ``data`` is left unchanged.
 
-        The reward image and label are dropped from the copies (the learner does not need them).
+        The reward image and the sidecar's ``frame_info`` are dropped from the copies (the learner does not need them).
         """
         if len(data) == 0:
             return []
-        out = [{k: v for k, v in t.items() if k != self.cfg.image_key} for t in data]
+        drop = {self.cfg.image_key, 'frame_info'}  # the learner's collate cannot batch either
+        out = [{k: v for k, v in t.items() if k not in drop} for t in data]
         if self.cfg.reward_mode == 'per_step':
             idx = list(range(len(data)))
         else:
@@ -340,6 +380,7 @@ class BaseImageRewardModel(BaseRewardModel):
     def train_step(self, images: Any, labels: torch.Tensor, pos_weight: Optional[float] = None) -> Dict[str, float]:
         """One optimiser step of BCE on a batch; logs loss and accuracy to tb_logger."""
         self.network.train()
+        self._calibration = {}  # the weights change: a stored calibration no longer describes them
         x = random_shift(self.preprocess_images(images), int(self.cfg.augment_shift))
         y = torch.as_tensor(labels, dtype=torch.float32, device=self.device).reshape(-1)
         with self._autocast():
@@ -369,8 +410,16 @@ class BaseImageRewardModel(BaseRewardModel):
         meta.update(env_meta)
         return meta
 
+    def checkpoint_metadata(self) -> Dict[str, Any]:
+        """``metadata()`` plus the loaded checkpoint's calibration (``CALIBRATION_KEYS``) while the weights are
+        still the loaded ones (always for a frozen model; a trained model drops it, as it would be stale)."""
+        meta = self.metadata()
+        meta.update(self._calibration)
+        return meta
+
     def state_dict(self) -> Dict[str, Any]:
-        return {'model': self.network.state_dict(), 'metadata': self.metadata(), 'train_iter': self.train_iter}
+        return {'model': self.network.state_dict(), 'metadata': self.checkpoint_metadata(),
+                'train_iter': self.train_iter}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         weights = state['model'] if 'model' in state else state
@@ -382,7 +431,7 @@ class BaseImageRewardModel(BaseRewardModel):
             path = self.cfg.exp_name
         file = path if path.endswith(('.safetensors', '.pt', '.pth')) else \
             os.path.join(path, 'reward_model', f'{name}_model.safetensors')
-        return save_checkpoint(file, self.network.state_dict(), self.metadata())
+        return save_checkpoint(file, self.network.state_dict(), self.checkpoint_metadata())
 
     def load(self, path: str) -> Dict[str, Any]:
         """Load weights from a checkpoint, checking its metadata against this config."""
@@ -397,6 +446,7 @@ class BaseImageRewardModel(BaseRewardModel):
         except RuntimeError as e:
             raise ValueError(f"{source} does not fit the configured network: {e}") from e
         self.loaded_metadata = dict(meta)
+        self._calibration = {k: meta[k] for k in CALIBRATION_KEYS if k in meta}
 
     def flush_debug_images(self) -> None:
         if self.debug_writer is not None:

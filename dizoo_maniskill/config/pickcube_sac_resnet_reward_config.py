@@ -13,7 +13,9 @@ from dizoo_maniskill.config.pickcube_base import RESNET_REWARD, SAC, make_config
 
 max_train_iter = 2000
 main_config, create_config = make_config(
-    'pickcube_sac_resnet_reward_seed0', SAC, 'sac_reward_image', reward_model=dict(RESNET_REWARD, cooptrain_reward=True)
+    'pickcube_sac_resnet_reward_seed0', SAC, 'sac_reward_image',
+    # co-trained weights drift away from the threshold calibrated for the stage-2 weights: a fixed threshold
+    reward_model=dict(RESNET_REWARD, cooptrain_reward=True, reward_threshold=0.5)
 )
 pickcube_sac_resnet_reward_config, pickcube_sac_resnet_reward_create_config = main_config, create_config
 

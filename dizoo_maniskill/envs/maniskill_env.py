@@ -16,7 +16,8 @@ rendering env is open in the parent (the managers' space probe here uses no rend
 ``context='spawn'``.
 """
 import copy
-from typing import Any, List, Optional
+import uuid
+from typing import Any, Dict, List, Optional
 
 import gym
 import numpy as np
@@ -25,6 +26,8 @@ from ding.utils import ENV_REGISTRY
 from easydict import EasyDict
 
 REWARD_RENDER_MODES = ('episode_end', 'every_step', 'none')
+# a cube this far (m) from the goal is "near the goal": PickCube's success radius is 2.5 cm
+NEAR_GOAL_DIST = 0.05
 
 
 def _item(x: Any) -> Any:
@@ -46,7 +49,8 @@ def _to_gym_box(space: Any) -> gym.spaces.Box:
 @ENV_REGISTRY.register('maniskill')
 class ManiSkillEnv(BaseEnv):
     """ManiSkill3 task with flat float32 state observations and an optional reward-camera image in
-    ``timestep.info['reward_image']`` (HxWx3 uint8). See ``config`` for every key."""
+    ``timestep.info['reward_image']`` (HxWx3 uint8), with ``info['frame_info']`` (episode id, step and the
+    facts behind the success label, see ``label_facts``). See ``config`` for every key."""
 
     OBS_MODE = 'state'
 
@@ -103,6 +107,7 @@ class ManiSkillEnv(BaseEnv):
         self._episode_return = 0.0
         self._episode_len = 0
         self._success_once = False
+        self._episode_id = None
 
     # ------------------------------------------------------------------ creation / spaces
     def _make_env(self, render: bool = True):
@@ -185,6 +190,8 @@ class ManiSkillEnv(BaseEnv):
                 reset_seed += 100 * int(self._seed_rng.randint(1, 1000))
             self._action_space.seed(reset_seed)
         obs, _ = self._env.reset(seed=reset_seed)
+        # unique across env processes and restarts; the dataset splits train/val by it
+        self._episode_id = f"s{reset_seed}-{uuid.uuid4().hex[:10]}"
         self._episode_return = 0.0
         self._episode_len = 0
         self._success_once = False
@@ -217,6 +224,8 @@ class ManiSkillEnv(BaseEnv):
         mode = self._cfg.reward_render_mode
         if mode == 'every_step' or (mode == 'episode_end' and done):
             info['reward_image'] = self.render_reward_image()
+            # what the dataset sidecar records next to the image
+            info['frame_info'] = dict(episode_id=self._episode_id, step=self._episode_len, **self.label_facts(ms_info))
         return BaseEnvTimestep(self._to_obs(obs), np.array([reward], dtype=np.float32), done, info)
 
     def render_reward_image(self) -> np.ndarray:
@@ -260,6 +269,37 @@ class ManiSkillEnv(BaseEnv):
     @staticmethod
     def create_evaluator_env_cfg(cfg: dict) -> List[dict]:
         return ManiSkillEnv._replicate(cfg, 'evaluator_env_num')
+
+    def label_facts(self, ms_info: Dict[str, Any]) -> Dict[str, Any]:
+        """Facts behind the env's success label for the current state, for the dataset sidecar.
+
+        The boolean flags of ManiSkill's ``evaluate()`` (PickCube: ``is_obj_placed``, ``is_robot_static``,
+        ``is_grasped``); for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
+        and a ``phase``: at_goal_static (success) | at_goal_moving (cube at the goal, arm moving: a
+        single frame cannot tell) | near_goal (within 5 cm) | transport (grasped) | approach."""
+        facts: Dict[str, Any] = {}
+        for key, value in ms_info.items():
+            if key.startswith('is_'):
+                v = _item(value)
+                if isinstance(v, (bool, np.bool_)):
+                    facts[key] = bool(v)
+        base = self._env.unwrapped
+        if hasattr(base, 'cube') and hasattr(base, 'goal_site'):
+            dist = float(np.linalg.norm((base.goal_site.pose.p - base.cube.pose.p).reshape(-1).cpu().numpy()))
+            facts['cube_goal_dist'] = round(dist, 5)
+            success = bool(_item(ms_info.get('success', False)))
+            if success:
+                phase = 'at_goal_static'
+            elif facts.get('is_obj_placed'):
+                phase = 'at_goal_moving'
+            elif dist <= NEAR_GOAL_DIST:
+                phase = 'near_goal'
+            elif facts.get('is_grasped'):
+                phase = 'transport'
+            else:
+                phase = 'approach'
+            facts['phase'] = phase
+        return facts
 
     def _to_obs(self, obs: Any) -> np.ndarray:
         return np.asarray(obs[0].cpu().numpy(), dtype=np.float32).reshape(-1)

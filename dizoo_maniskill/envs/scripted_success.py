@@ -64,29 +64,30 @@ def solved_frames(num: int, seed: int = 0, env_cfg: Optional[dict] = None, max_f
     return frames
 
 
-def failure_frames(num: int, seed: int = 0, env_cfg: Optional[dict] = None, episode_steps: int = 10) -> List[Dict]:
-    """Final frames of ``num`` random-action episodes of ``episode_steps`` steps in the normal env
-    (episode ``i`` uses seed ``seed + i``). ``success`` is the env's flag at that frame (practically
-    always False). Same dict keys as ``solved_frames``."""
-    cfg = _env_cfg(env_cfg, reward_render_mode='episode_end', max_episode_steps=int(episode_steps))
+def failure_frames(num: int, seed: int = 0, env_cfg: Optional[dict] = None, episode_steps: int = 10,
+                   frame_stride: Optional[int] = None) -> List[Dict]:
+    """Frames of ``num`` random-action episodes of ``episode_steps`` steps in the normal env (episode ``i``
+    uses seed ``seed + i``): the final frame of each, or with ``frame_stride`` every k-th step (and the
+    last). ``success`` is the env's flag at that frame (practically always False). Same dict keys as
+    ``solved_frames``, plus ``frame_info`` (episode id, step, label facts) and ``source`` ('random')."""
+    mode = 'episode_end' if frame_stride is None else 'every_step'
+    cfg = _env_cfg(env_cfg, reward_render_mode=mode, max_episode_steps=int(episode_steps))
     env = ManiSkillEnv(cfg)
     frames = []
     try:
-        for i in tqdm(range(num), desc='random-action frames'):
+        for i in tqdm(range(num), desc='random-action episodes'):
             env.seed(seed + i, dynamic_seed=False)
             env.reset()
             while True:
                 timestep = env.step(env.random_action())
+                info = timestep.info
+                keep = 'reward_image' in info and (frame_stride is None or timestep.done
+                                                   or info['episode_len'] % frame_stride == 0)
+                if keep:
+                    frames.append(dict(image=info['reward_image'], success=info['success'], seed=seed + i,
+                                       control_mode=cfg.control_mode, frame_info=info['frame_info'], source='random'))
                 if timestep.done:
                     break
-            frames.append(
-                dict(
-                    image=timestep.info['reward_image'],
-                    success=timestep.info['success'],
-                    seed=seed + i,
-                    control_mode=cfg.control_mode,
-                )
-            )
     finally:
         env.close()
     return frames

@@ -1,4 +1,7 @@
 """Image preprocessing errors, checkpoint round trips, metadata checks, RewardManager."""
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +172,165 @@ def test_random_shift_moves_content_within_pad():
         moved += (r, c) != (8, 8)
     assert moved > 0
     assert random_shift(x, 0) is x
+
+
+# ---------------------------------------------------------------------------------------- bad inputs
+def test_list_of_differently_sized_images_is_resized_per_image():
+    model = make_model()
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    both = model.predict_proba([a, b])
+    alone = torch.cat([model.predict_proba(a[None]), model.predict_proba(b[None])])
+    assert both.shape == (2, )
+    assert torch.allclose(both, alone, atol=1e-5)
+    assert torch.allclose(model.compute_rewards((a, b)), model.apply_threshold(alone), atol=1e-5)
+    x = preprocess_images([a, torch.from_numpy(b).permute(2, 0, 1)], (3, 32, 32))  # HWC and CHW items
+    assert x.shape == (2, 3, 32, 32)
+    assert torch.allclose(x[1:], preprocess_images(b, (3, 32, 32)), atol=1e-6)
+    data = [dict(reward_image=im, reward=torch.zeros(1), done=True) for im in (a, b)]
+    rewards = [t['reward'].item() for t in model.estimate(data)]
+    assert rewards == pytest.approx(model.apply_threshold(alone).tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("images,index,shape", [
+    ([np.zeros((32, 32, 3), np.uint8), np.zeros((40, 40, 4), np.uint8)], 1, (40, 40, 4)),
+    ([np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8)], 1, (32, 32)),
+    ([np.zeros((1, 32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)], 0, (1, 32, 32, 3)),
+])
+def test_list_with_a_bad_image_names_its_index_and_shape(images, index, shape):
+    with pytest.raises(ValueError) as e:
+        preprocess_images(images, (3, 32, 32))
+    assert f"image {index}" in str(e.value) and str(shape) in str(e.value)
+
+
+def test_ambiguous_chw_or_gray_frames_is_refused():
+    frames = np.zeros((3, 40, 48), np.uint8)  # three grayscale frames, or one CHW image?
+    with pytest.raises(ValueError) as e:
+        preprocess_images(frames, (3, 32, 32))
+    msg = str(e.value)
+    assert "(3, 40, 48)" in msg and "CHW" in msg and "grayscale" in msg and "4-d" in msg and "HWC" in msg
+    with pytest.raises(ValueError, match="ambiguous"):
+        make_model().compute_rewards(frames)
+    with pytest.raises(ValueError, match="grayscale"):
+        preprocess_images(np.zeros((40, 48), np.uint8), (3, 32, 32))
+    with pytest.raises(ValueError, match="3 channels"):
+        preprocess_images(np.zeros((40, 48, 5), np.uint8), (3, 32, 32))
+
+
+def test_hwc_image_and_4d_batches_still_work():
+    from ding_ext.image_utils import to_uint8_hwc
+    rng = np.random.default_rng(4)
+    hwc = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    one = preprocess_images(hwc, (3, 32, 32))
+    assert one.shape == (1, 3, 32, 32)
+    nhwc = np.stack([hwc, hwc[::-1]])
+    nchw = torch.from_numpy(nhwc).permute(0, 3, 1, 2)
+    a, b = preprocess_images(nhwc, (3, 32, 32)), preprocess_images(nchw, (3, 32, 32))
+    assert a.shape == (2, 3, 32, 32) and torch.allclose(a, b) and torch.allclose(a[:1], one)
+    assert preprocess_images(np.zeros((3, 40, 48, 3), np.uint8), (3, 32, 32)).shape == (3, 3, 32, 32)
+    # to_uint8_hwc takes one image, so a CHW image is unambiguous there (debug images of an NCHW batch)
+    np.testing.assert_array_equal(to_uint8_hwc(hwc), hwc)
+    np.testing.assert_array_equal(to_uint8_hwc(nchw[0]), hwc)
+    np.testing.assert_array_equal(to_uint8_hwc(nhwc[:1]), hwc)
+    np.testing.assert_array_equal(to_uint8_hwc(hwc.astype(np.float32) / 255.0), hwc)
+
+
+def test_debug_images_of_an_nchw_batch(tmp_path):
+    model = make_model(debug_save_dir=str(tmp_path / 'dbg'))
+    model.compute_rewards(torch.zeros(2, 3, 40, 48, dtype=torch.uint8))
+    model.flush_debug_images()
+    files = sorted(p for d in ('resnet_success', 'resnet_fail') for p in os.listdir(tmp_path / 'dbg' / d))
+    assert len(files) == 2
+
+
+def _checkpoint(tmp_path, suffix):
+    return save_checkpoint(str(tmp_path / f"m{suffix}"), make_model().network.state_dict(), {'arch': 'resnet18'})
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_truncated_checkpoint_names_path(tmp_path, suffix):
+    path = _checkpoint(tmp_path, suffix)
+    data = open(path, 'rb').read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated") as e:
+        load_checkpoint(path)
+    assert path in str(e.value) and e.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_garbage_checkpoint_names_path(tmp_path, suffix):
+    path = str(tmp_path / f"garbage{suffix}")
+    with open(path, 'wb') as f:
+        f.write(b"this is not a checkpoint at all\n" * 40)
+    with pytest.raises(ValueError, match="corrupt or truncated") as e:
+        load_checkpoint(path)
+    assert path in str(e.value)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        make_model(checkpoint_path=path)
+
+
+class _Exploit:
+    """Unpickling this creates a file (a stand-in for arbitrary code)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, 'w'))
+
+
+def test_pt_with_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = str(tmp_path / 'evil.pt')
+    state = make_model().network.state_dict()
+    torch.save({'state_dict': state, 'metadata': {'arch': 'resnet18', 'x': _Exploit(str(marker))}}, path)
+    with pytest.raises(ValueError, match="refusing to load") as e:
+        load_checkpoint(path)
+    assert path in str(e.value) and "open" in str(e.value)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="refusing to load"):
+        make_model(checkpoint_path=path)
+    assert not marker.exists()
+
+
+def test_pt_checkpoints_with_json_metadata_load_weights_only(tmp_path):
+    meta = {'arch': 'resnet18', 'hidden_dim': 16, 'image_size': [3, 32, 32], 'normalize': True,
+            'nested': {'a': [1, 2.5, None, 'x']}, 'ok': False}
+    src = make_model()
+    force_probability(src, 0.3)
+    path = save_checkpoint(str(tmp_path / 'm.pt'), src.network.state_dict(), meta)
+    state, got = load_checkpoint(path)
+    assert got == meta and set(state) == set(src.network.state_dict())
+    path = save_checkpoint(str(tmp_path / 'e.pt'), src.network.state_dict(), EasyDict(env=dict(a=dict(b=(1, 2)))))
+    assert load_checkpoint(path)[1] == {'env': {'a': {'b': [1, 2]}}}  # EasyDict values are saved as plain dicts
+    ddp = str(tmp_path / 'ddp.pt')
+    torch.save({'module.' + k: v for k, v in src.network.state_dict().items()}, ddp)
+    dst = make_model(checkpoint_path=ddp)
+    assert dst.predict_proba(np.zeros((1, 32, 32, 3), np.uint8)).item() == pytest.approx(0.3, abs=1e-5)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
+    from ding_ext.checkpoint_io import write_json_atomic
+    from ding_ext.png_writer import AsyncPngWriter, write_png
+    old = os.umask(umask)
+    try:
+        paths = [_checkpoint(tmp_path, '.safetensors'), _checkpoint(tmp_path, '.pt')]
+        paths.append(str(tmp_path / 'a.png'))
+        write_png(paths[-1], np.zeros((8, 8, 3), np.uint8))
+        writer = AsyncPngWriter()  # the background thread path
+        paths.append(str(tmp_path / 'b.png'))
+        writer.submit(paths[-1], np.zeros((8, 8, 3), np.uint8))
+        writer.close()
+        paths.append(str(tmp_path / 'x.json'))
+        write_json_atomic(paths[-1], {'a': 1})
+        plain = tmp_path / 'plain.txt'
+        open(plain, 'w').close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(plain).st_mode) == mode
+    for p in paths:
+        assert stat.S_IMODE(os.stat(p).st_mode) == mode, p
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('.tmp-')]

@@ -222,3 +222,39 @@ def test_imbalanced_data_with_pos_weight(tmp_path):
     assert res['num_val'] == 2 and res['num_train'] == 13
     assert res['pos_weight'] == pytest.approx(2 / 11)
     assert torch.isfinite(torch.tensor(res['history'][0]['train/loss']))
+
+
+def test_summary_line_is_printed_without_progress(tmp_path, capsys):
+    root = write_dataset(tmp_path / 'd', 3, 3)
+    res = train_reward_model(root, epochs=1, num_workers=0, progress=False, val_split=0.0,
+                             save_dir=str(tmp_path / 'out'), **SMALL)
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith('reward model: best epoch')]
+    assert len(lines) == 1 and res['best_path'] in lines[0]
+
+
+def test_writer_sidecar_and_trainer_split_by_episode(tmp_path):
+    """The writer's sidecar rows reach the scan; the trainer keeps each episode on one side of the split."""
+    from ding_ext.image_dataset_writer import LabelledImageWriter
+    from ding_ext.image_folder_dataset import read_sidecar
+    images, labels = separable_images(60, size=32, seed=3)
+    root = str(tmp_path / 'episodes')
+    w = LabelledImageWriter(root, 10 ** 6, 10 ** 6, 1.0, 1.0, metadata=ENV_META, progress=False)
+    for i, (im, y) in enumerate(zip(images, labels)):  # 12 episodes of 10 frames, both classes in each
+        w.add(im, bool(y), dict(episode_id=f'ep{i % 12}', step=np.int64(i // 12), dist=np.float32(0.5)),
+              source='planner' if i % 2 else 'policy')
+    w.close()
+    rows = read_sidecar(root)
+    assert len(rows) == 120 and all(os.path.isfile(os.path.join(root, f)) for f in rows)
+    row = rows['success/0001.png']
+    assert row == {'file': 'success/0001.png', 'label': 1, 'episode_id': 'ep0', 'step': 0, 'source': 'policy',
+                   'dist': 0.5}
+    out = train_reward_model(root, epochs=1, batch_size=16, val_split=0.25, num_workers=0, progress=False,
+                             save_dir=str(tmp_path / 'ckpt'), **SMALL)
+    episode = {os.path.join(root, f): r['episode_id'] for f, r in rows.items()}
+    train_eps = {episode[f] for f in out['train_files']}
+    val_eps = {episode[f] for f in out['val_files']}
+    assert val_eps and not train_eps & val_eps
+    assert 20 <= out['num_val'] <= 40  # about a quarter of the frames, in whole episodes
+    # the report breaks the validation frames down by the sidecar's categorical fields
+    assert set(out['report']['breakdowns']['source']) == {'planner', 'policy'}

@@ -103,6 +103,11 @@ def test_every_step_and_none_modes():
     assert all(t.info['reward_image'].shape == (128, 128, 3) for t in steps)
     # the arm moves, so consecutive images differ
     assert not np.array_equal(steps[0].info['reward_image'], steps[-1].info['reward_image'])
+    # each image comes with its sidecar facts: one episode id, the step, and the facts behind the label
+    infos = [t.info['frame_info'] for t in steps]
+    assert [i['step'] for i in infos] == [1, 2, 3, 4] and len({i['episode_id'] for i in infos}) == 1
+    for i in infos:
+        assert i['phase'] == 'approach' and i['cube_goal_dist'] > 0.025 and i['is_obj_placed'] is False
     none = make_env(seed=3, max_episode_steps=4, reward_render_mode='none')
     assert not any('reward_image' in t.info for t in run_episode(none))
     none.close()
@@ -162,10 +167,17 @@ def test_success_flags_with_replayed_motion_plan():
     assert [t.info['success_once'] for t in timesteps] == successes
     last = timesteps[-1]
     assert last.info['terminated'] and not last.info['truncated'] and 'reward_image' in last.info
+    facts = last.info['frame_info']
+    assert facts['phase'] == 'at_goal_static' and facts['cube_goal_dist'] <= 0.025
+    assert facts['is_robot_static'] and facts['is_obj_placed'] and facts['step'] == len(timesteps)
     # drive the arm back to its start pose: success is lost, success_once stays
     for _ in range(5):
         ts = env.step(recorder.actions[0])
     assert ts.info['success'] is False and ts.info['success_once'] is True
+    # a new episode gets a new id
+    env.reset()
+    assert env.step(recorder.actions[0]).info.get('frame_info') is None  # episode_end mode: no image mid-episode
+    assert env._episode_id != facts['episode_id']
     env.close()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ding_ext.image_dataset_writer import LabelledImageWriter, numbered_pngs
+from ding_ext.image_folder_dataset import scan_image_folder
 from ding_ext.png_writer import read_png
 
 
@@ -57,7 +58,7 @@ def test_writer_resumes_past_9999_and_never_overwrites(tmp_path):
 
 def test_collection_during_ppo_training_and_restart(tmp_path, monkeypatch):
     from dizoo_maniskill.config import pickcube_ppo_collect_config as stage1
-    from dizoo_maniskill.seed_success_images import seed_success_images
+    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
     from entry import serial_pipeline_reward_model_onpolicy
     monkeypatch.chdir(tmp_path)
 
@@ -84,13 +85,26 @@ def test_collection_during_ppo_training_and_restart(tmp_path, monkeypatch):
     assert img.shape == (64, 64, 3) and img.std() > 5  # a real rendered scene
     meta = json.load(open('data/metadata.json'))
     assert meta == {'control_mode': 'pd_joint_delta_pos', 'reward_render_mode': 'episode_end',
-                    'show_goal_site': False, 'env_image_size': [3, 64, 64]}
-    # success frames: real motion-planner solutions, rendered with the same camera settings
-    assert seed_success_images('data', 2, env_cfg=dict(image_size=[3, 64, 64])) == 2
+                    'show_goal_site': True, 'env_image_size': [3, 64, 64]}
+    # the sidecar: one row per PNG with the episode, the step and the facts behind the env's label
+    scan = scan_image_folder('data')
+    assert len(scan.frames) == n_fail and all(f['source'] == 'policy' for f in scan.frames)
+    for f in scan.frames:
+        assert f['label'] == 0 and f['step'] == 10 and f['episode_id'].startswith('s')  # episode-end frames
+        assert f['cube_goal_dist'] > 0.025 and f['phase'] != 'at_goal_static'
+        assert {'is_grasped', 'is_robot_static', 'is_obj_placed'} <= set(f)
+    assert len({f['episode_id'] for f in scan.frames}) == n_fail
+    # success frames: a real motion-planned episode, rendered with the same camera settings; only the final
+    # frames (stride larger than the episode, no hold, no carry-away) to keep the test short
+    counts = record_planner_episodes('data', [0], dict(image_size=[3, 64, 64]), progress=False, frame_stride=1000,
+                                     hold_steps=2, retreat_dist=0)
+    assert counts['success'] >= 2
     digests = {p: digest(p) for _, p in numbered_pngs('data/failure')}
     # a restart continues the numbering, keeps what was written, and stops once both targets are reached
-    hist2 = run('second', 6)
-    assert hist2['images'] == {'success': 2, 'failure': 6}
-    assert [n for n, _ in numbered_pngs('data/failure')] == list(range(1, 7))
+    n_success = len(numbered_pngs('data/success'))
+    hist2 = run('second', n_fail + counts['failure'] + 3)
+    assert hist2['images'] == {'success': n_success, 'failure': n_fail + counts['failure'] + 3}
+    assert [n for n, _ in numbered_pngs('data/failure')] == list(range(1, n_fail + counts['failure'] + 4))
     assert all(digest(p) == d for p, d in digests.items())
-    assert [n for n, _ in numbered_pngs('data/success')] == [1, 2]
+    assert [n for n, _ in numbered_pngs('data/success')] == list(range(1, n_success + 1))
+    assert all(scan_image_folder('data').frames)  # every frame of both runs has its sidecar row

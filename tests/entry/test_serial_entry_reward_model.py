@@ -38,6 +38,7 @@ def tiny_config(kind, exp_name, reward_model, **extra):
 def reward_cfg(checkpoint_path, data_dir, **kw):
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
     cfg = dict(RESNET_REWARD, **MODEL, success_reward=SUCCESS_R, fail_reward=FAIL_R, checkpoint_path=checkpoint_path,
+               reward_threshold=0.5,
                pretrain_data_dir=data_dir, update_per_collect=2, batch_size=8,
                pretrain=dict(epochs=2, batch_size=8, val_split=0.25, num_workers=0, progress=False))
     cfg.update(kw)
@@ -226,7 +227,7 @@ def test_ding_reward_cli_flags(flag, trained_checkpoint, pickcube_images, tmp_pa
         main_config.policy.collect.n_sample = 40
         main_config.policy.learn.update(epoch_per_collect=1, batch_size=20)
         main_config.reward_model.update(checkpoint_path={trained_checkpoint!r}, image_size=[3, 32, 32], hidden_dim=16,
-                                        cooptrain_seed_data_dir={pickcube_images!r}, update_per_collect=2, batch_size=8)
+                                        reward_threshold=0.5, cooptrain_seed_data_dir={pickcube_images!r}, update_per_collect=2, batch_size=8)
         create_config.env_manager.type = 'base'
     """))
     assert main(['-m', 'serial_reward_model_onpolicy', '-c', str(cfg_file), '--exp-name', 'cli', '--train-iter', '2',
@@ -235,3 +236,46 @@ def test_ding_reward_cli_flags(flag, trained_checkpoint, pickcube_images, tmp_pa
     last = load_checkpoint(str(tmp_path / 'cli' / 'reward_model' / 'last_model.safetensors'))[0]
     unchanged = all(torch.equal(start[k], last[k]) for k in start)
     assert unchanged == (flag == "--no-cooptrain-reward")
+
+
+def test_reward_hacking_alarm_stops_the_run_and_mines_false_positives(tmp_path, monkeypatch):
+    """A classifier that calls every frame a success: its precision against env success is 0, so the alarm
+    goes off after alarm_patience iterations and stops the run; every frame it got wrong is mined."""
+    from ding_ext.image_folder_dataset import read_sidecar
+    from entry import serial_pipeline_reward_model_onpolicy
+    from tests.ding_ext.helpers import force_probability, make_model
+    monkeypatch.chdir(tmp_path)
+    always = make_model(**MODEL)
+    force_probability(always, 0.99)
+    ckpt = always.save(str(tmp_path / 'always_success.safetensors'))
+    rm = reward_cfg(ckpt, None, precision_alarm=0.8, alarm_patience=2, stop_on_alarm=True, hard_negative_dir='mined')
+    main, create = tiny_config('onpolicy', 'exp_alarm', rm)
+    policy = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=40, cooptrain_reward=False)
+    hist = policy.history
+    assert hist['alarm_stop']
+    rows = hist['agreement']
+    assert len(rows) == 2 and all(r['precision'] == 0.0 for r in rows)  # stopped at the second low iteration
+    assert [r['hacking_alarm'] for r in rows] == [0.0, 1.0]
+    assert os.path.isfile(os.path.join('exp_alarm', 'reward_model', 'last_model.safetensors'))
+    mined = read_sidecar('mined')
+    assert len(mined) == int(rows[-1]['mined']) == 8  # 2 collects x 4 episode-end frames, all false positives
+    for path, row in mined.items():
+        assert os.path.isfile(os.path.join('mined', path)) and path.startswith('failure/')
+        assert row['label'] == 0 and row['mined'] == 'false_positive' and row['prob'] == pytest.approx(0.99, abs=1e-3)
+        assert row['source'] == 'policy' and row['episode_id'] and row['step'] == 10
+
+
+def test_alarm_stays_quiet_for_an_honest_classifier(tmp_path, monkeypatch):
+    """A classifier that calls nothing a success has no precision: the alarm neither counts nor fires."""
+    from entry import serial_pipeline_reward_model_onpolicy
+    from tests.ding_ext.helpers import force_probability, make_model
+    monkeypatch.chdir(tmp_path)
+    never = make_model(**MODEL)
+    force_probability(never, 0.01)
+    ckpt = never.save(str(tmp_path / 'never_success.safetensors'))
+    rm = reward_cfg(ckpt, None, alarm_patience=1, stop_on_alarm=True, hard_negative_dir='mined')
+    main, create = tiny_config('onpolicy', 'exp_quiet', rm)
+    policy = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=6, cooptrain_reward=False)
+    assert not policy.history['alarm_stop'] and len(policy.history['agreement']) == 3
+    assert not any(r['hacking_alarm'] for r in policy.history['agreement'])
+    assert not os.listdir(os.path.join('mined', 'failure'))

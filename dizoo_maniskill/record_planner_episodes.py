@@ -1,0 +1,71 @@
+"""Add whole motion-planned PickCube episodes to a stage-1 image folder: success frames and hard negatives.
+
+Every recorded frame is labelled by the env's success flag and gets a sidecar row (episode id, step,
+source='planner', cube-to-goal distance, robot static, grasped, phase); see
+``dizoo_maniskill.envs.planner_episodes``. Numbering continues after the frames already in the folder,
+nothing is overwritten, and the env settings are checked against the folder's ``metadata.json``.
+
+    python -m dizoo_maniskill.record_planner_episodes --save-dir pickcube_reward_data --seeds 10000:10040
+"""
+import argparse
+from typing import Dict, Optional, Sequence
+
+from ding_ext.image_dataset_writer import LabelledImageWriter
+
+
+def parse_seeds(text: str) -> list:
+    """'10:20' -> 10..19; '1,5,9' -> [1, 5, 9]."""
+    if ':' in text:
+        lo, hi = text.split(':', 1)
+        seeds = list(range(int(lo), int(hi)))
+    else:
+        seeds = [int(s) for s in text.split(',') if s.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"no seeds in {text!r}: use START:STOP or a comma-separated list")
+    return seeds
+
+
+def record_planner_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
+                            progress: bool = True, **episode_kwargs) -> Dict[str, int]:
+    """Write the frames of planner episodes for ``seeds`` into ``save_dir``; returns the counts written per class."""
+    from dizoo_maniskill.config.pickcube_base import ENV
+    from dizoo_maniskill.envs.planner_episodes import collect_planner_frames
+    from entry.serial_entry_reward_model import env_metadata
+    cfg = dict(ENV, **(env_cfg or {}))
+    # the writer checks the folder's metadata.json before any episode is planned
+    writer = LabelledImageWriter(save_dir, target_success=10 ** 9, target_failure=10 ** 9, sample_rate_success=1.0,
+                                 sample_rate_fail=1.0, metadata=env_metadata(cfg), progress=False)
+    written = {'success': 0, 'failure': 0}
+    try:
+        frames = collect_planner_frames(seeds, cfg, workers=workers, progress=progress, **episode_kwargs)
+        for f in frames:
+            if writer.add(f['image'], f['success'], f['frame_info'], source=f['source']):
+                written['success' if f['success'] else 'failure'] += 1
+    finally:
+        writer.close()
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--save-dir', required=True, help='stage-1 image folder (success/, failure/, frames.jsonl)')
+    p.add_argument('--seeds', type=parse_seeds, default=parse_seeds('10000:10020'),
+                   help='START:STOP or a comma list; keep them away from the seeds you evaluate on')
+    p.add_argument('--workers', type=int, default=1, help='processes (each renders with its own env)')
+    p.add_argument('--frame-stride', type=int, default=3, help='record every k-th step (and every step near the goal)')
+    p.add_argument('--hold-steps', type=int, default=15, help='steps held at the goal after the pick-and-place')
+    p.add_argument('--retreat-dist', type=float, default=0.1, help='carry the cube this far (m) from the goal after the hold; 0 = off')
+    p.add_argument('--show-goal-site', type=int, choices=(0, 1), default=None,
+                   help="override the recipe's show_goal_site (it must match the folder's metadata.json)")
+    args = p.parse_args(argv)
+    env_cfg = {} if args.show_goal_site is None else dict(show_goal_site=bool(args.show_goal_site))
+    counts = record_planner_episodes(args.save_dir, args.seeds, env_cfg, workers=args.workers,
+                                     frame_stride=args.frame_stride, hold_steps=args.hold_steps,
+                                     retreat_dist=args.retreat_dist)
+    print(f"wrote {counts['success']} success and {counts['failure']} failure frames from {len(args.seeds)} planner "
+          f"episodes to {args.save_dir}")
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
