@@ -73,7 +73,7 @@ class LabelledImageWriter:
         self._write_metadata(dict(metadata or {}))
         self._rng = np.random.default_rng(seed + sum(self.counts.values()))
         self._png = AsyncPngWriter()
-        self._sidecar = open(os.path.join(save_dir, SIDECAR_FILE), "a", encoding="utf-8")
+        self._sidecar = _open_sidecar(os.path.join(save_dir, SIDECAR_FILE))
         self._sidecar_lock = threading.Lock()
         self.tb_logger = tb_logger
         self._bar = None
@@ -155,6 +155,20 @@ class LabelledImageWriter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _open_sidecar(path: str):
+    """Open the sidecar for appending; a row cut short by a crash is ended first, so the next row stays whole."""
+    cut_short = False
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut_short = f.read(1) != b"\n"
+    f = open(path, "a", encoding="utf-8")
+    if cut_short:
+        f.write("\n")
+        f.flush()
+    return f
 
 
 def _json_value(v: Any) -> Any:

@@ -15,6 +15,7 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'epochs': (100, "maximum number of epochs"),
     'batch_size': (64, "mini-batch size (>= 2)"),
     'lr': (1e-4, "Adam learning rate (sets model.learning_rate)"),
+    'lr_schedule': ('constant', "constant | cosine (per batch, from lr down to 0 at the last epoch)"),
     'val_split': (0.1, "fraction of each class held out for validation, in [0, 1)"),
     'early_stopping_patience': (15, "stop after this many epochs without a better model; 0 disables"),
     'min_delta': (0.0, "a new best model must lower the monitored loss by more than this"),
@@ -29,6 +30,7 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'store_threshold': (False, "store that threshold in best_model's metadata (for reward_threshold='auto')"),
 }
 BALANCE_MODES = ('sampler', 'pos_weight', 'none')
+LR_SCHEDULES = ('constant', 'cosine')
 
 
 class OptionError(ValueError):
@@ -124,6 +126,7 @@ def _check_train_options(o: Dict[str, Any]) -> None:
     need(isinstance(o['seed'], int), f"seed must be an int, got {o['seed']!r}")
     need(o['num_workers'] is None or (isinstance(o['num_workers'], int) and o['num_workers'] >= 0),
          f"num_workers must be an int >= 0, got {o['num_workers']!r}")
+    need(o['lr_schedule'] in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {o['lr_schedule']!r}")
     if o['balance'] is None:  # `balance=none` on the command line parses to None
         o['balance'] = 'none'
     need(o['balance'] in BALANCE_MODES, f"balance must be one of {BALANCE_MODES}, got {o['balance']!r}")

@@ -178,6 +178,10 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
         stopped_early = False
         monitor = 'val/balanced_loss' if val_loader is not None else 'train/loss'
 
+        scheduler = None
+        if opts['lr_schedule'] == 'cosine':  # per batch, from lr down to 0 at the last epoch
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                model.optimizer, T_max=max(1, int(opts['epochs']) * len(train_loader)))
         bar = tqdm(range(1, int(opts['epochs']) + 1), desc='reward model', unit='epoch',
                    disable=not progress, dynamic_ncols=True)
         for epoch in bar:
@@ -186,6 +190,8 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
             loss_sum, correct_sum, seen = 0.0, 0.0, 0
             for images, labels in train_loader:
                 stats = model.train_step(images, labels, pos_weight=pos_weight)
+                if scheduler is not None:
+                    scheduler.step()
                 n = len(labels)
                 loss_sum += stats['reward_loss'] * n
                 correct_sum += stats['accuracy'] * n

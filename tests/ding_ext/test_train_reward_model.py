@@ -258,3 +258,16 @@ def test_writer_sidecar_and_trainer_split_by_episode(tmp_path):
     assert 20 <= out['num_val'] <= 40  # about a quarter of the frames, in whole episodes
     # the report breaks the validation frames down by the sidecar's categorical fields
     assert set(out['report']['breakdowns']['source']) == {'planner', 'policy'}
+
+
+def test_cosine_lr_schedule_and_bad_schedule(dataset, tmp_path):
+    with pytest.raises(OptionError, match='lr_schedule'):
+        resolve_options({'lr_schedule': 'step'})
+    out = train_reward_model(dataset, epochs=2, batch_size=16, lr=1e-3, lr_schedule='cosine', num_workers=0,
+                             progress=False, save_dir=str(tmp_path / 'ckpt'), **SMALL)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(tmp_path / 'ckpt' / 'tb'))
+    ea.Reload()
+    lrs = [e.value for e in ea.Scalars('train/lr')]
+    assert len(lrs) == 2 and lrs[0] < 1e-3 and lrs[-1] == pytest.approx(0.0, abs=1e-9)  # decays to 0 at the end
+    assert out['options']['lr_schedule'] == 'cosine'

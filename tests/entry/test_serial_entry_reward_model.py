@@ -165,7 +165,7 @@ def test_frozen_model_rewards_exact_in_weighted_per_step_mode(spies, pickcube_im
 def test_env_setting_mismatch_with_checkpoint_is_an_error(trained_checkpoint, pickcube_images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main, create = tiny_config('onpolicy', 'exp_bad', reward_cfg(trained_checkpoint, pickcube_images))
-    main.env.show_goal_site = True
+    main.env.show_goal_site = False  # the checkpoint's images show the goal marker
     with pytest.raises(ValueError, match="show_goal_site"):
         run('onpolicy', (main, create), cooptrain_reward=False, pretrain_reward=False)
 
