@@ -31,6 +31,8 @@ from .image_folder_dataset import DataError, scan_image_folder
 PROG = 'python -m ding_ext.evaluate_reward_model'
 # reward-model config keys rebuilt from checkpoint metadata (all required: the network's shape and input)
 NETWORK_KEYS = ('arch', 'hidden_dim', 'image_size', 'normalize')
+# rebuilt when present (absent in checkpoints written before the option existed)
+OPTIONAL_NETWORK_KEYS = ('image_crop',)
 
 
 class EvaluationError(Exception):
@@ -56,7 +58,7 @@ def build_model_from_checkpoint(path: str, device: str = 'cpu', threshold: float
         )
     cfg = dict(type=meta.get('type', 'resnet'), checkpoint_path=path, cooptrain_reward=False, pretrain_reward=False,
                pretrained=False, reward_threshold=float(threshold), debug_save_dir=None,
-               **{k: meta[k] for k in NETWORK_KEYS})
+               **{k: meta[k] for k in NETWORK_KEYS + OPTIONAL_NETWORK_KEYS if k in meta})
     try:
         return create_reward_model(EasyDict(cfg), device, None)
     except (KeyError, ValueError, OSError, RuntimeError) as e:

@@ -5,7 +5,7 @@ NCHW layout, uint8 in [0, 255] or float in [0, 1], and returns a float NCHW tens
 device, resized to ``image_size`` and optionally normalised with the ImageNet statistics. The uint8
 to float conversion and the resize happen once, on the target device.
 """
-from typing import List, Sequence, Union
+from typing import Optional, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -132,8 +132,12 @@ def preprocess_images(
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    crop: Optional[Sequence[float]] = None,
 ) -> torch.Tensor:
     """Validate and convert images to a float NCHW batch ready for the network.
+
+    ``crop``: [top, left, height, width] as fractions of each image, cut out before the resize (spend the
+    network's pixels on the workspace, as per-camera crops do on real robots); None keeps the whole image.
 
     A list may hold images of different sizes: each is resized to ``image_size`` on its own. Raises
     ``ValueError`` naming the problem for: a wrong channel count, an ambiguous or 2-d shape, an empty
@@ -143,6 +147,8 @@ def preprocess_images(
     parts = []
     for x in _nchw_parts(images, channels=c):
         x = _to_float01(x.to(device, non_blocking=True))
+        if crop is not None:
+            x = crop_images(x, crop)
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         parts.append(x)
@@ -155,6 +161,27 @@ def preprocess_images(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def check_crop(crop: Optional[Sequence[float]]) -> None:
+    """A crop is None or [top, left, height, width] fractions with the box inside the image."""
+    if crop is None:
+        return
+    if len(crop) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in crop):
+        raise ValueError(f"image_crop must be [top, left, height, width] fractions of the image, got {crop!r}")
+    top, left, height, width = (float(v) for v in crop)
+    if min(top, left) < 0 or height <= 0 or width <= 0 or top + height > 1 + 1e-9 or left + width > 1 + 1e-9:
+        raise ValueError(f"image_crop {list(crop)} must lie inside the image: top, left >= 0, height, width > 0, "
+                         "top + height <= 1 and left + width <= 1")
+
+
+def crop_images(x: torch.Tensor, crop: Sequence[float]) -> torch.Tensor:
+    """The [top, left, height, width] fraction box of an NCHW batch (at least one pixel each way)."""
+    H, W = x.shape[-2:]
+    top, left = int(round(float(crop[0]) * H)), int(round(float(crop[1]) * W))
+    height = max(1, min(H - top, int(round(float(crop[2]) * H))))
+    width = max(1, min(W - left, int(round(float(crop[3]) * W))))
+    return x[..., top:top + height, left:left + width]
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: "torch.Generator | None" = None) -> torch.Tensor:

@@ -16,6 +16,8 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'batch_size': (64, "mini-batch size (>= 2)"),
     'lr': (1e-4, "Adam learning rate (sets model.learning_rate)"),
     'lr_schedule': ('constant', "constant | cosine (per batch, from lr down to 0 at the last epoch)"),
+    'model_selection': ('best_val_loss', "best_val_loss (the epoch with the lowest class-balanced validation loss) | "
+                                         "last (the final epoch; natural with lr_schedule=cosine)"),
     'val_split': (0.1, "fraction of each class held out for validation, in [0, 1)"),
     'early_stopping_patience': (15, "stop after this many epochs without a better model; 0 disables"),
     'min_delta': (0.0, "a new best model must lower the monitored loss by more than this"),
@@ -31,6 +33,7 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
 }
 BALANCE_MODES = ('sampler', 'pos_weight', 'none')
 LR_SCHEDULES = ('constant', 'cosine')
+MODEL_SELECTIONS = ('best_val_loss', 'last')
 
 
 class OptionError(ValueError):
@@ -126,6 +129,8 @@ def _check_train_options(o: Dict[str, Any]) -> None:
     need(isinstance(o['seed'], int), f"seed must be an int, got {o['seed']!r}")
     need(o['num_workers'] is None or (isinstance(o['num_workers'], int) and o['num_workers'] >= 0),
          f"num_workers must be an int >= 0, got {o['num_workers']!r}")
+    need(o['model_selection'] in MODEL_SELECTIONS,
+         f"model_selection must be one of {MODEL_SELECTIONS}, got {o['model_selection']!r}")
     need(o['lr_schedule'] in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {o['lr_schedule']!r}")
     if o['balance'] is None:  # `balance=none` on the command line parses to None
         o['balance'] = 'none'

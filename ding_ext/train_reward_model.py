@@ -9,7 +9,8 @@ key (see ``ResNetRewardModel.default_config()``) is given as ``model.<key>=value
 
 Writes into ``save_dir`` (default ``<data>/../reward_model_ckpt``):
 
-* ``best_model.safetensors``: the epoch with the lowest class-balanced validation loss;
+* ``best_model.safetensors``: the epoch with the lowest class-balanced validation loss (or the last epoch with
+  ``model_selection=last``);
 * ``last_model.safetensors``: rewritten after every epoch (both atomically, with metadata);
 * ``tb/``: tensorboard scalars ``train/*`` and ``val/*`` per epoch (and ``reward_model/*`` per step);
 * ``train_summary.json``: options, class counts, skipped files, validation files, per-epoch history;
@@ -199,7 +200,7 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
             train_metrics = dict(loss=loss_sum / max(seen, 1), accuracy=correct_sum / max(seen, 1))
             val_metrics = evaluate(model, val_loader) if val_loader is not None else {}
             score = val_metrics['balanced_loss'] if val_metrics else train_metrics['loss']
-            improved = score < best_score - float(opts['min_delta'])
+            improved = score < best_score - float(opts['min_delta']) or opts['model_selection'] == 'last'
             model.save(last_path)
             if improved:
                 best_score, best_epoch, best_val, since_best = score, epoch, dict(val_metrics), 0

@@ -14,6 +14,7 @@
     python -m entry.demo [--out demo_output] [--scale 1.0] [--verbose]
 """
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -27,7 +28,11 @@ import numpy as np
 # PPO collectors draw (seed + 100 * randint(1, 1000) < 100100)
 TRAIN_PLANNER_SEED, HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED = 10000, 200000, 300000
 TARGET_PRECISION = 0.95
-MODEL_IMAGE_SIZE = [3, 96, 96]
+PLANNER_EPISODES = 32
+# the miniature classifier (the recipe's configs use the whole 128 px image): the 96 x 96 px of the 128 px camera
+# image where the cube and the goal marker appear, at 64 px, so that training fits in minutes on 2 CPU cores
+MODEL_IMAGE_SIZE = [3, 64, 64]
+MODEL_IMAGE_CROP = [0.0, 0.1875, 0.75, 0.75]
 
 
 def _success_rate(history: Dict[str, Any]) -> float:
@@ -119,31 +124,32 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t = time.time()
     main, create = s1.main_config, s1.create_config
     small(main)
-    main.reward_data_collection.update(target_success=n(1000), target_failure=n(40), sample_rate_fail=1.0)
-    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(40)).history
+    main.reward_data_collection.update(target_success=n(1000), target_failure=n(32), sample_rate_fail=1.0)
+    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(32)).history
     data_dir = main.reward_data_collection.save_dir
     ppo_counts = dict(hist.get('images', {}))
     env_cfg = dict(main.env)
     planner_counts = record_planner_episodes(
-        data_dir, range(TRAIN_PLANNER_SEED, TRAIN_PLANNER_SEED + n(24)), env_cfg, workers=2)
+        data_dir, range(TRAIN_PLANNER_SEED, TRAIN_PLANNER_SEED + n(PLANNER_EPISODES)), env_cfg, workers=2)
     timings['1 collect'] = time.time() - t
 
     # ---- stage 2: the classifier, its report on the validation episodes, and on unseen seeds
     print("[stage 2/4] training the ResNet success classifier (train/val split by episode)", flush=True)
     t = time.time()
     rm = s4.main_config.reward_model
-    rm.image_size = MODEL_IMAGE_SIZE  # the miniature classifier; the recipe's configs use 128
+    rm.image_size, rm.image_crop = MODEL_IMAGE_SIZE, MODEL_IMAGE_CROP  # stage 4 builds the same network
     result = train_reward_model(
-        data_dir, epochs=n(10), batch_size=32, lr=3e-4, val_split=0.2, early_stopping_patience=0,
-        save_dir=os.path.dirname(rm.checkpoint_path), num_workers=0, target_precision=TARGET_PRECISION,
-        store_threshold=True,
-        **{'model.arch': rm.arch, 'model.hidden_dim': rm.hidden_dim, 'model.image_size': rm.image_size}
+        data_dir, epochs=n(8), batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
+        early_stopping_patience=0, save_dir=os.path.dirname(rm.checkpoint_path), num_workers=0,
+        target_precision=TARGET_PRECISION, store_threshold=True,
+        **{'model.arch': rm.arch, 'model.hidden_dim': rm.hidden_dim, 'model.image_size': rm.image_size,
+           'model.image_crop': rm.image_crop}
     )
     print(format_report(result['report']), flush=True)
     timings['2 train classifier'] = time.time() - t
     print("[stage 2/4] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)
     t = time.time()
-    record_heldout('pickcube_heldout', env_cfg, n(12), n(6))
+    record_heldout('pickcube_heldout', env_cfg, n(10), n(6))
     heldout = evaluate_heldout(result['best_path'], 'pickcube_heldout', 'pickcube_reward_model/fidelity_heldout')
     timings['2 held-out check'] = time.time() - t
 
@@ -152,7 +158,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t = time.time()
     main, create = s3.main_config, s3.create_config
     small(main)
-    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(120)).history
+    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(64)).history
     timings['3 dense PPO'] = time.time() - t
 
     # ---- stage 4: resume with the ResNet reward at the calibrated threshold
@@ -160,9 +166,10 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t = time.time()
     main, create = s4.main_config, s4.create_config
     small(main)
-    main.reward_model.reward_threshold = 'auto'
+    # the threshold stage 2 stored; 0.5 when no threshold reached the target precision on the validation episodes
+    main.reward_model.reward_threshold = 'auto' if (result['report'] or {}).get('chosen_threshold') is not None else 0.5
     hist4 = serial_pipeline_reward_model_onpolicy(
-        (main, create), seed=0, max_train_iter=n(64), cooptrain_reward=False, pretrain_reward=False
+        (main, create), seed=0, max_train_iter=n(32), cooptrain_reward=False, pretrain_reward=False
     ).history
     timings['4 PPO + ResNet reward'] = time.time() - t
 
@@ -175,7 +182,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     threshold = result['report']['chosen_threshold']
     summary = {
         'training images (success / failure)': ", ".join(f"{k} {s} / {f}" for k, (s, f) in sorted(sources.items()))
-        + f" ({planner_counts['success'] + planner_counts['failure']} planner frames of {n(24)} episodes, "
+        + f" ({planner_counts['success'] + planner_counts['failure']} planner frames of {n(PLANNER_EPISODES)} episodes, "
           f"{ppo_counts.get('failure', 0)} PPO frames)",
         'validation episodes (stage 2)': _pr(val['at_chosen'] or val['at_threshold'])
         + f"  over {val['num_images']} frames",
@@ -202,17 +209,18 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
 
 
 def quiet_logs() -> None:
-    """Keep third-party import chatter and DI-engine's per-iteration INFO tables off the console (they stay in
-    DI-engine's log files). Runs at import, so the spawned env and planner processes, which import this module
-    as their main module, are quiet too; PYTHONWARNINGS reaches the processes they start in turn."""
-    os.environ['PYTHONWARNINGS'] = 'ignore'
+    """Keep third-party import chatter (gym, DI-engine's optional-package notes, numba, deprecation warnings) and
+    DI-engine's per-iteration INFO tables off the console; the tables stay in DI-engine's log files. Runs when
+    this module is the main module, which spawned env and planner processes import too (as __mp_main__)."""
+    os.environ['PYTHONWARNINGS'] = 'ignore'  # processes started by the ones below
     warnings.filterwarnings('ignore')
-    root = logging.getLogger()
-    root.setLevel(logging.ERROR)  # DI-engine's "please install pyecharts / transformers / numba" on import
-    import ding  # noqa: F401  (installs DI-engine's console handler)
-    for handler in logging.getLogger().handlers:
+    with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        import ding.envs  # noqa: F401  (DI-engine, gym, treevalue: each prints on import)
+        import ding.policy  # noqa: F401
+        import mani_skill.envs  # noqa: F401  (configures the 'mani_skill' logger)
+    warnings.filterwarnings('ignore')  # imports above may have added their own filters
+    for handler in logging.getLogger().handlers:  # DI-engine's console handler
         handler.setLevel(logging.WARNING)
-    root.setLevel(logging.WARNING)
     logging.getLogger('mani_skill').setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" on every env
 
 

@@ -14,3 +14,14 @@ def tb_logger(tmp_path):
     writer = SummaryWriter(str(tmp_path / "tb"))
     yield writer
     writer.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_tmp_path():
+    """Tests write only under tmp_path: the checkout gains no files or folders while the suite runs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ignore = {'.pytest_cache', '__pycache__'}
+    before = set(os.listdir(root))
+    yield
+    added = sorted(set(os.listdir(root)) - before - ignore)
+    assert not added, f"the test suite wrote {added} into the checkout {root}; write under tmp_path"

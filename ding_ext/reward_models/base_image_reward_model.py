@@ -19,7 +19,7 @@ from easydict import EasyDict
 from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
-from ..image_utils import preprocess_images, random_shift
+from ..image_utils import check_crop, preprocess_images, random_shift
 from ..transitions import as_bool, labelled_images, lookup
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ class BaseImageRewardModel(BaseRewardModel):
         type='base_image',
         # (list) Network input [C, H, W]; incoming images of any size are resized to H x W.
         image_size=[3, 128, 128],
+        # (list|None) [top, left, height, width] fractions of each incoming image cut out before the resize to
+        # image_size (spend the network's pixels on the workspace); None = the whole image.
+        image_crop=None,
         # (bool) Normalise with ImageNet mean/std (keep true with ImageNet-pretrained weights).
         normalize=True,
         # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16.
@@ -190,7 +193,8 @@ class BaseImageRewardModel(BaseRewardModel):
 
     def network_metadata(self) -> Dict[str, Any]:
         """Fields that must agree between a checkpoint and the config."""
-        return dict(image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize))
+        crop = None if self.cfg.image_crop is None else [float(v) for v in self.cfg.image_crop]
+        return dict(image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize), image_crop=crop)
 
     # ------------------------------------------------------------------ config
     def _validate_config(self) -> None:
@@ -201,6 +205,7 @@ class BaseImageRewardModel(BaseRewardModel):
             raise ValueError(f"combine_mode must be one of {COMBINE_MODES}, got {c.combine_mode!r}")
         if c.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {c.precision!r}")
+        check_crop(c.image_crop)
         if len(c.image_size) != 3:
             raise ValueError(f"image_size must be [C, H, W], got {c.image_size!r}")
         t = c.reward_threshold
@@ -236,7 +241,7 @@ class BaseImageRewardModel(BaseRewardModel):
         """Validated float NCHW batch on the model's device (the one path for training and inference)."""
         return preprocess_images(
             images, self.cfg.image_size, self.cfg.normalize, self.device, torch.float32,
-            channels_last=self.device.type == 'cuda'
+            channels_last=self.device.type == 'cuda', crop=self.cfg.image_crop
         )
 
     def _autocast(self):

@@ -334,3 +334,27 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
     for p in paths:
         assert stat.S_IMODE(os.stat(p).st_mode) == mode, p
     assert not [p for p in os.listdir(tmp_path) if p.startswith('.tmp-')]
+
+
+def test_image_crop_is_one_path_checked_and_stored(tmp_path):
+    import torch.nn.functional as F
+    from ding_ext.evaluate_reward_model import build_model_from_checkpoint
+    from ding_ext.image_utils import preprocess_images
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (1, 128, 96, 3), dtype=np.uint8)
+    out = preprocess_images(img, (3, 32, 32), normalize=False, crop=[0.25, 0.5, 0.5, 0.5])
+    box = torch.from_numpy(img).permute(0, 3, 1, 2).float().div(255)[..., 32:96, 48:96]
+    want = F.interpolate(box, size=(32, 32), mode='bilinear', align_corners=False, antialias=True)
+    assert torch.allclose(out, want, atol=1e-6)
+    for bad in ([0.5, 0.5, 0.6, 0.2], [0, 0, 1], [0, 0, 0, 1], 'top'):
+        with pytest.raises(ValueError, match='image_crop'):
+            make_model(image_crop=bad)
+    # the crop is part of the network's metadata: a checkpoint trained with it does not load without it
+    cropped = make_model(image_crop=[0.0, 0.1875, 0.75, 0.75])
+    path = cropped.save(str(tmp_path / 'cropped.safetensors'))
+    with pytest.raises(ValueError, match='image_crop'):
+        make_model(checkpoint_path=path, cooptrain_reward=False)
+    rebuilt = build_model_from_checkpoint(path)
+    assert rebuilt.cfg.image_crop == [0.0, 0.1875, 0.75, 0.75]
+    x = rng.integers(0, 255, (3, 128, 128, 3), dtype=np.uint8)
+    assert torch.allclose(rebuilt.predict_proba(x), cropped.predict_proba(x), atol=1e-6)

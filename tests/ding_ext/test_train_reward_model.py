@@ -271,3 +271,13 @@ def test_cosine_lr_schedule_and_bad_schedule(dataset, tmp_path):
     lrs = [e.value for e in ea.Scalars('train/lr')]
     assert len(lrs) == 2 and lrs[0] < 1e-3 and lrs[-1] == pytest.approx(0.0, abs=1e-9)  # decays to 0 at the end
     assert out['options']['lr_schedule'] == 'cosine'
+
+
+def test_model_selection_last_keeps_the_final_epoch(dataset, tmp_path):
+    with pytest.raises(OptionError, match='model_selection'):
+        resolve_options({'model_selection': 'best'})
+    out = train_reward_model(dataset, epochs=3, batch_size=16, lr=1e-3, lr_schedule='cosine', model_selection='last',
+                             num_workers=0, progress=False, save_dir=str(tmp_path / 'ckpt'), **SMALL)
+    assert out['best_epoch'] == out['epochs_run'] == 3
+    best, last = load_checkpoint(out['best_path'])[0], load_checkpoint(out['last_path'])[0]
+    assert all(torch.equal(best[k], last[k]) for k in best)
