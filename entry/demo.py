@@ -4,7 +4,9 @@
    the success frames and the hard negatives around them (approach, grasp, transport, the cube at the
    goal while the arm moves, the cube held away from the goal), every frame labelled by the env;
 2. train the ResNet classifier (train/val split by episode), print its fidelity report on the
-   validation episodes and store the threshold that reaches precision 0.95 there in the checkpoint;
+   validation episodes and store in the checkpoint the lowest threshold that reaches precision 0.9 on
+   them (about 3% of the frames, the cube at the goal while the arm still moves, cannot be judged from
+   one image and take up that error budget);
    then judge it on held-out frames of seeds it never saw: planner episodes (every frame) and
    random-action episodes, on all frames and on the unambiguous ones;
 3. dense-reward PPO to a checkpoint;
@@ -27,8 +29,11 @@ import numpy as np
 # seeds: planner training episodes, then held-out planner and random-action episodes far from every seed the
 # PPO collectors draw (seed + 100 * randint(1, 1000) < 100100)
 TRAIN_PLANNER_SEED, HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED = 10000, 200000, 300000
-TARGET_PRECISION = 0.95
-PLANNER_EPISODES = 32
+# precision the stored threshold reaches on all validation frames, the ambiguous ones included (see README)
+TARGET_PRECISION = 0.9
+PLANNER_EPISODES = 28
+# frames a single image cannot judge: the cube at or near the goal while the arm still moves
+AMBIGUOUS_PHASES = ['at_goal_moving', 'near_goal']
 # the miniature classifier (the recipe's configs use the whole 128 px image): the 96 x 96 px of the 128 px camera
 # image where the cube and the goal marker appear, at 64 px, so that training fits in minutes on 2 CPU cores
 MODEL_IMAGE_SIZE = [3, 64, 64]
@@ -52,11 +57,10 @@ def _agreement(history: Dict[str, Any]) -> str:
     return f"accuracy {acc:.3f} over {len(rows)} iterations; reward-hacking alarm {alarm}"
 
 
-def unambiguous_mask(frames: List[Dict[str, Any]], labels: np.ndarray) -> np.ndarray:
-    """Frames a single image can judge: success (held at the goal, robot static), or the cube more than
-    5 cm from the goal. Left out: the cube near or at the goal while the arm still moves."""
-    dist = np.asarray([f.get('cube_goal_dist', np.nan) for f in frames], dtype=float)
-    return (np.asarray(labels) == 1) | (dist > 0.05)
+def unambiguous_mask(frames: List[Dict[str, Any]]) -> np.ndarray:
+    """Frames a single image can judge: success (held at the goal, robot static), or the cube more than 5 cm
+    from the goal. Left out: the cube at or near the goal while the arm still moves (``AMBIGUOUS_PHASES``)."""
+    return np.asarray([f.get('phase') not in AMBIGUOUS_PHASES for f in frames], dtype=bool)
 
 
 def record_heldout(out_dir: str, env_cfg: Dict[str, Any], n_planner: int, n_random: int) -> None:
@@ -86,9 +90,9 @@ def evaluate_heldout(checkpoint: str, data_dir: str, out_dir: str) -> Dict[str, 
     probs = score_images(model, scan.images)
     report = fidelity_report(probs, scan.labels, frames=scan.frames, images=scan.images, files=scan.files,
                              threshold=threshold, target_precision=TARGET_PRECISION, out_dir=out_dir,
-                             subsets={'unambiguous': unambiguous_mask(scan.frames, scan.labels)},
+                             subsets={'unambiguous': unambiguous_mask(scan.frames)},
                              title='held-out frames of unseen seeds')
-    print(format_report(report), flush=True)
+    print(format_report(report, groups_at='given'), flush=True)
     return report
 
 
@@ -114,7 +118,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t_start, timings = time.time(), {}
 
     def small(main):
-        main.env.update(collector_env_num=2, evaluator_env_num=2, n_evaluator_episode=8)
+        main.env.update(collector_env_num=2, evaluator_env_num=2, n_evaluator_episode=4)
         main.policy.eval.evaluator.eval_freq = 10 ** 6  # evaluate at the start and the end only
         return main
 
@@ -124,8 +128,8 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t = time.time()
     main, create = s1.main_config, s1.create_config
     small(main)
-    main.reward_data_collection.update(target_success=n(1000), target_failure=n(32), sample_rate_fail=1.0)
-    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(32)).history
+    main.reward_data_collection.update(target_success=n(16), target_failure=n(16), sample_rate_fail=1.0)
+    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(16)).history
     data_dir = main.reward_data_collection.save_dir
     ppo_counts = dict(hist.get('images', {}))
     env_cfg = dict(main.env)
@@ -149,7 +153,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     timings['2 train classifier'] = time.time() - t
     print("[stage 2/4] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)
     t = time.time()
-    record_heldout('pickcube_heldout', env_cfg, n(10), n(6))
+    record_heldout('pickcube_heldout', env_cfg, n(8), n(4))
     heldout = evaluate_heldout(result['best_path'], 'pickcube_heldout', 'pickcube_reward_model/fidelity_heldout')
     timings['2 held-out check'] = time.time() - t
 
@@ -158,7 +162,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     t = time.time()
     main, create = s3.main_config, s3.create_config
     small(main)
-    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(64)).history
+    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(24)).history
     timings['3 dense PPO'] = time.time() - t
 
     # ---- stage 4: resume with the ResNet reward at the calibrated threshold
@@ -169,7 +173,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     # the threshold stage 2 stored; 0.5 when no threshold reached the target precision on the validation episodes
     main.reward_model.reward_threshold = 'auto' if (result['report'] or {}).get('chosen_threshold') is not None else 0.5
     hist4 = serial_pipeline_reward_model_onpolicy(
-        (main, create), seed=0, max_train_iter=n(32), cooptrain_reward=False, pretrain_reward=False
+        (main, create), seed=0, max_train_iter=n(16), cooptrain_reward=False, pretrain_reward=False
     ).history
     timings['4 PPO + ResNet reward'] = time.time() - t
 
@@ -186,8 +190,8 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
           f"{ppo_counts.get('failure', 0)} PPO frames)",
         'validation episodes (stage 2)': _pr(val['at_chosen'] or val['at_threshold'])
         + f"  over {val['num_images']} frames",
-        'chosen threshold': (f"{threshold:.4f} (lowest reaching precision {TARGET_PRECISION} on the validation "
-                             "episodes; stored in the checkpoint)") if threshold is not None
+        'chosen threshold': (f"{threshold:.4f} (lowest reaching precision {TARGET_PRECISION} on all validation "
+                             "frames; stored in the checkpoint)") if threshold is not None
         else f"none ({val['chosen_reason']}); 0.5 used",
         'held-out, all frames': f"{_pr(heldout['at_threshold'])}  over {heldout['num_images']} frames "
                                 f"({heldout['num_success']} success) at the stored threshold",
@@ -217,11 +221,11 @@ def quiet_logs() -> None:
     with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         import ding.envs  # noqa: F401  (DI-engine, gym, treevalue: each prints on import)
         import ding.policy  # noqa: F401
-        import mani_skill.envs  # noqa: F401  (configures the 'mani_skill' logger)
     warnings.filterwarnings('ignore')  # imports above may have added their own filters
+    import mani_skill  # outside the redirect: its logger keeps the stream it finds at import
     for handler in logging.getLogger().handlers:  # DI-engine's console handler
         handler.setLevel(logging.WARNING)
-    logging.getLogger('mani_skill').setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" on every env
+    mani_skill.logger.setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" on every env
 
 
 def main(argv=None) -> int:
