@@ -77,5 +77,6 @@ fi
 # --no-deps: the dependencies are exactly requirements.txt; --no-build-isolation: reuse the venv's
 # setuptools (DI-engine pins it) instead of downloading a build environment.
 pip_quiet .venv/bin/pip install -q --no-deps --no-build-isolation -e . || { echo "[setup] error: pip install -e . failed" >&2; exit 1; }
-(cd / && "$root/.venv/bin/python" -c 'import ding_ext') || { echo "[setup] error: ding_ext does not import" >&2; exit 1; }
-log "ready: $(.venv/bin/python -c 'import torch, ding, mani_skill; print("torch", torch.__version__, "| DI-engine", ding.__version__, "| mani-skill", mani_skill.__version__)')"
+# the check imports DI-engine, whose optional-package notes (and gym's) are noise here: shown only on failure
+check_out=$(cd / && "$root/.venv/bin/python" -c 'import ding_ext' 2>&1) || { echo "$check_out" >&2; echo "[setup] error: ding_ext does not import" >&2; exit 1; }
+log "ready: $(.venv/bin/python -W ignore -c 'import torch, ding, mani_skill; print("torch", torch.__version__, "| DI-engine", ding.__version__, "| mani-skill", mani_skill.__version__)' 2>/dev/null)"
