@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ding_ext.image_dataset_writer import LabelledImageWriter, numbered_pngs
-from ding_ext.image_folder_dataset import scan_image_folder
+from ding_ext.image_folder_dataset import read_sidecar, scan_image_folder
 from ding_ext.png_writer import read_png
 
 
@@ -87,13 +87,14 @@ def test_collection_during_ppo_training_and_restart(tmp_path, monkeypatch):
     assert meta == {'control_mode': 'pd_joint_delta_pos', 'reward_render_mode': 'episode_end',
                     'show_goal_site': True, 'env_image_size': [3, 64, 64]}
     # the sidecar: one row per PNG with the episode, the step and the facts behind the env's label
-    scan = scan_image_folder('data')
-    assert len(scan.frames) == n_fail and all(f['source'] == 'policy' for f in scan.frames)
-    for f in scan.frames:
-        assert f['label'] == 0 and f['step'] == 10 and f['episode_id'].startswith('s')  # episode-end frames
+    rows = read_sidecar('data')  # (no success class yet: nothing to scan for training)
+    assert sorted(rows) == [f'failure/{i:04d}.png' for i in range(1, n_fail + 1)]
+    for f in rows.values():
+        assert f['source'] == 'policy' and f['label'] == 0
+        assert f['step'] == 10 and f['episode_id'].startswith('s')  # episode-end frames
         assert f['cube_goal_dist'] > 0.025 and f['phase'] != 'at_goal_static'
         assert {'is_grasped', 'is_robot_static', 'is_obj_placed'} <= set(f)
-    assert len({f['episode_id'] for f in scan.frames}) == n_fail
+    assert len({f['episode_id'] for f in rows.values()}) == n_fail
     # success frames: a real motion-planned episode, rendered with the same camera settings; only the final
     # frames (stride larger than the episode, no hold, no carry-away) to keep the test short
     counts = record_planner_episodes('data', [0], dict(image_size=[3, 64, 64]), progress=False, frame_stride=1000,
