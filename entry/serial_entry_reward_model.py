@@ -246,7 +246,13 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     collector.close()
     evaluator.close()
     if w.replay_buffer is not None:
-        w.replay_buffer.close()  # its tensorboard writer, before the caller leaves the working directory
+        # DI-engine's naive buffer logs to its own tensorboard writer under a relative path from a thread that its
+        # close() leaves running: stop that thread first, or it writes into whatever directory is current later
+        thruput = getattr(w.replay_buffer, '_periodic_thruput_monitor', None)
+        if thruput is not None:
+            thruput.close()
+            thruput._thruput_log_thread.join(timeout=5)
+        w.replay_buffer.close()
     return history
 
 
