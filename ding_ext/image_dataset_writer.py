@@ -22,7 +22,7 @@ from .checkpoint_io import check_metadata, write_json_atomic
 from .image_folder_dataset import METADATA_FILE, SIDECAR_FILE, read_metadata
 from .image_utils import to_uint8_hwc
 from .png_writer import AsyncPngWriter
-from .transitions import labelled_images
+from .transitions import FRAME_INFO_KEY, labelled_images
 
 CLASSES = ("success", "failure")
 _NUM_RE = re.compile(r"^(\d+)\.png$")
@@ -129,7 +129,7 @@ class LabelledImageWriter:
         for t in transitions:
             images, labels = labelled_images([t], image_key, success_key)
             if images:
-                written += self.add(images[0], labels[0], t.get("frame_info"), source)
+                written += self.add(images[0], labels[0], t.get(FRAME_INFO_KEY), source)
         if self.tb_logger is not None and step is not None:
             self.tb_logger.add_scalar("reward_data/success_count", self.counts["success"], step)
             self.tb_logger.add_scalar("reward_data/failure_count", self.counts["failure"], step)

@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 CLASS_DIRS = (("success", 1), ("failure", 0))
 METADATA_FILE = "metadata.json"
 SIDECAR_FILE = "frames.jsonl"
-# sidecar fields every row has; any other field is an env fact behind the label (e.g. cube_goal_dist)
-SIDECAR_FIELDS = ("file", "label", "episode_id", "step", "source")
 _NUMBER = re.compile(r"^(\d+)$")
 
 

@@ -17,9 +17,10 @@ from ding.policy import PPOPolicy, SACPolicy
 from ding.policy.command_mode_policy_instance import DummyCommandModePolicy
 from ding.utils import POLICY_REGISTRY
 
+from .transitions import FRAME_INFO_KEY
+
 IMAGE_KEY = 'reward_image'
 SUCCESS_KEY = 'success'
-FRAME_INFO_KEY = 'frame_info'
 # keys the learner must not receive (its collate cannot batch images or per-frame dicts of strings)
 NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY)
 

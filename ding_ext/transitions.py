@@ -4,6 +4,9 @@ from typing import Any, Iterable, List, Mapping, Tuple
 import numpy as np
 import torch
 
+# where a transition holds the env's per-frame facts for the dataset sidecar (episode id, step, label facts)
+FRAME_INFO_KEY = "frame_info"
+
 
 def lookup(transition: Mapping, key: str) -> Any:
     """Value at ``key`` in a transition: a top-level key, or a dotted path into nested dicts

@@ -19,8 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from ding_ext.image_dataset_writer import LabelledImageWriter
-from ding_ext.policies import FRAME_INFO_KEY
-from ding_ext.transitions import as_bool, lookup
+from ding_ext.transitions import FRAME_INFO_KEY, as_bool, lookup
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
-from ..transitions import as_bool, labelled_images, lookup
+from ..transitions import FRAME_INFO_KEY, as_bool, labelled_images, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class BaseImageRewardModel(BaseRewardModel):
         """
         if len(data) == 0:
             return []
-        drop = {self.cfg.image_key, 'frame_info'}  # the learner's collate cannot batch either
+        drop = {self.cfg.image_key, FRAME_INFO_KEY}  # the learner's collate cannot batch either
         out = [{k: v for k, v in t.items() if k not in drop} for t in data]
         if self.cfg.reward_mode == 'per_step':
             idx = list(range(len(data)))

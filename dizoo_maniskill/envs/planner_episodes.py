@@ -132,7 +132,8 @@ def _episode_in_worker(seed: int, env_cfg: Optional[dict], kwargs: dict) -> List
 
 def collect_planner_frames(seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
                            progress: bool = True, **kwargs) -> List[Dict]:
-    """``planner_episode_frames`` over ``seeds``, split across ``workers`` spawned processes."""
+    """``record_planner_episode`` for each of ``seeds`` (episodes that fail to plan are skipped), in this process
+    or split across ``workers`` spawned processes; the frames in seed order."""
     from tqdm import tqdm
     seeds = [int(s) for s in seeds]
     workers = max(1, min(int(workers), len(seeds)))
