@@ -227,8 +227,7 @@ def _jsonable(obj: Any) -> Any:
 def fidelity_report(probs: Any, labels: Any, *, frames: Optional[Sequence[Mapping[str, Any]]] = None,
                     images: Any = None, files: Optional[Sequence[str]] = None, threshold: float = 0.5,
                     target_precision: float = 0.95, out_dir: Optional[str] = None,
-                    subsets: Optional[Mapping[str, Any]] = None, title: str = '',
-                    calibration_mask: Any = None, calibration_note: str = '') -> Dict[str, Any]:
+                    subsets: Optional[Mapping[str, Any]] = None, title: str = '') -> Dict[str, Any]:
     """Judge the classifier on held-out data (``probs``: success probabilities, aligned with ``labels``,
     and with ``frames`` / ``images`` / ``files`` when given).
 
@@ -250,20 +249,16 @@ def fidelity_report(probs: Any, labels: Any, *, frames: Optional[Sequence[Mappin
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} probabilities")
     threshold = float(threshold)
-    cal = np.ones(n, dtype=bool) if calibration_mask is None else np.asarray(calibration_mask, dtype=bool).reshape(-1)
-    if len(cal) != n:
-        raise ValueError(f"calibration_mask has {len(cal)} entries for {n} probabilities")
-    chosen = threshold_for_precision(p[cal], pos[cal], target_precision) if cal.any() else None
+    chosen = threshold_for_precision(p, pos, target_precision)
     curve = pr_curve(p, pos)
-    cal_curve = curve if calibration_mask is None else pr_curve(p[cal], pos[cal])
     reason = None
     if chosen is None:
-        if not pos[cal].any():
+        if not pos.any():
             reason = 'the data has no success images'
         else:
-            best = int(np.argmax(cal_curve['precision']))  # about the frames the threshold is chosen on
+            best = int(np.argmax(curve['precision']))
             reason = (f"no threshold reaches precision {target_precision:g}: the highest is "
-                      f"{cal_curve['precision'][best]:.3f} (threshold {cal_curve['thresholds'][best]:.4g})")
+                      f"{curve['precision'][best]:.3f} (threshold {curve['thresholds'][best]:.4g})")
     operating = chosen if chosen is not None else threshold
     at_t = {'at_threshold': threshold, 'at_chosen': chosen}
     report: Dict[str, Any] = dict(
@@ -272,9 +267,6 @@ def fidelity_report(probs: Any, labels: Any, *, frames: Optional[Sequence[Mappin
         chosen_reason=reason, operating_threshold=operating,
         at_threshold=metrics_from_probs(p, pos, threshold),
         at_chosen=metrics_from_probs(p, pos, chosen) if chosen is not None else None,
-        # the frames the threshold was chosen on (all, unless calibration_mask leaves some out)
-        calibration=dict(num_images=int(cal.sum()), excluded=int(n - cal.sum()), note=calibration_note,
-                         at_chosen=metrics_from_probs(p[cal], pos[cal], chosen) if chosen is not None else None),
         average_precision=average_precision(p, pos), pr_curve=curve, subsets={}, breakdowns={},
     )
     for name, mask in (subsets or {}).items():
@@ -337,10 +329,6 @@ def format_report(report: Mapping[str, Any], groups_at: str = 'chosen') -> str:
     lines.append(f"  {'threshold':<22}" + cols)
     lines.append(_row(f"given  {report['threshold']:.4g}", report['at_threshold'], 22))
     lines.append(_row(f"chosen {chosen:.4g}" if chosen is not None else 'chosen -', report.get('at_chosen'), 22))
-    cal = report.get('calibration') or {}
-    if cal.get('excluded'):
-        lines.append(f"  the threshold was chosen on {cal['num_images']} of the {report['num_images']} frames "
-                     f"({cal['excluded']} left out: {cal.get('note') or 'calibration_mask'})")
     key = 'at_chosen' if chosen is not None and groups_at == 'chosen' else 'at_threshold'
     group_threshold = report['operating_threshold'] if key == 'at_chosen' else report['threshold']
     groups = [('subset', report.get('subsets') or {})] + \
@@ -371,7 +359,7 @@ def calibration_metadata(report: Mapping[str, Any], data: str) -> Dict[str, Any]
     """Checkpoint metadata (``CALIBRATION_KEYS``) for the report's chosen threshold."""
     if report.get('chosen_threshold') is None:
         raise ValueError(f"no threshold to store: {report.get('chosen_reason')}")
-    m = (report.get('calibration') or {}).get('at_chosen') or report['at_chosen']
+    m = report['at_chosen']
     return dict(calibrated_threshold=float(report['chosen_threshold']),
                 calibration_target_precision=float(report['target_precision']),
                 calibration_data=str(data), calibration_precision=float(m['precision']),

@@ -269,23 +269,3 @@ def test_cli_errors_are_one_line_messages(trained, tmp_path, capsys):
         assert e.value.code == 1 and match in err and 'Traceback' not in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
 
-
-def test_calibration_mask_leaves_ambiguous_frames_out_of_the_threshold_choice():
-    from ding_ext.evaluation import calibration_metadata, fidelity_report, format_report
-    # successes at 0.6-0.9; two ambiguous failures (arm still moving) score 0.8; clear failures score low
-    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.8, 0.8, 0.1, 0.2, 0.3], dtype=np.float32)
-    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
-    clear = np.array([True] * 4 + [False, False] + [True] * 3)
-    plain = fidelity_report(probs, labels, target_precision=0.95)
-    assert plain['chosen_threshold'] == pytest.approx(0.8)  # only p > 0.8 is clean of the lookalikes
-    masked = fidelity_report(probs, labels, target_precision=0.95, calibration_mask=clear,
-                             calibration_note='phase in [at_goal_moving]')
-    assert masked['chosen_threshold'] == pytest.approx(0.3)  # every success kept
-    assert masked['calibration']['num_images'] == 7 and masked['calibration']['excluded'] == 2
-    assert masked['calibration']['at_chosen']['precision'] == 1.0
-    assert masked['at_chosen']['precision'] == pytest.approx(4 / 6)  # all frames, reported honestly
-    assert calibration_metadata(masked, 'val')['calibration_precision'] == 1.0
-    assert 'chosen on 7 of the 9 frames (2 left out: phase in [at_goal_moving])' in format_report(masked)
-    with pytest.raises(ValueError, match='calibration_mask'):
-        fidelity_report(probs, labels, calibration_mask=clear[:3])
-
