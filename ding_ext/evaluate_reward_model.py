@@ -20,7 +20,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .checkpoint_io import load_checkpoint
 from .evaluation import (
@@ -65,11 +65,15 @@ def build_model_from_checkpoint(path: str, device: str = 'cpu', threshold: float
         raise EvaluationError(f"cannot rebuild the reward model of {path}: {e}") from e
 
 
-def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, threshold: float = 0.5,
+def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, threshold: Optional[float] = 0.5,
                         target_precision: float = 0.95, store_threshold: bool = False, device: str = 'cpu',
-                        batch_size: int = 256) -> Dict[str, Any]:
-    """Score ``data`` with the checkpoint's model and build the fidelity report (see the module doc)."""
-    if not 0.0 <= threshold <= 1.0:
+                        batch_size: int = 256, subsets: Optional[Callable[[List[Dict[str, Any]]], Mapping]] = None,
+                        title: Optional[str] = None) -> Dict[str, Any]:
+    """Score ``data`` with the checkpoint's model and build the fidelity report (see the module doc).
+
+    ``threshold=None``: the checkpoint's ``calibrated_threshold`` (0.5 when it has none). ``subsets``: a
+    function of the sidecar rows returning {name: boolean mask} for the report's ``subsets``."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise EvaluationError(f"--threshold must lie in [0, 1], got {threshold}")
     if not 0.0 < target_precision <= 1.0:
         raise EvaluationError(f"--target-precision must lie in (0, 1], got {target_precision}")
@@ -85,7 +89,9 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, t
         raise EvaluationError(f"--device {device!r} is not a device: {e}") from e
     if kind == 'cuda' and not torch.cuda.is_available():
         raise EvaluationError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
-    model = build_model_from_checkpoint(checkpoint, device, threshold)
+    model = build_model_from_checkpoint(checkpoint, device, 0.5 if threshold is None else threshold)
+    if threshold is None:
+        threshold = float(model.loaded_metadata.get('calibrated_threshold', 0.5))
     try:
         scan = scan_image_folder(data, cache=True)
     except DataError as e:
@@ -95,7 +101,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, t
     probs = score_images(model, scan.images, batch_size)
     frames = scan.frames if any(scan.frames) else None
     common = dict(frames=frames, images=scan.images, files=scan.files, threshold=threshold,
-                  target_precision=target_precision, title=os.path.basename(os.path.normpath(data)))
+                  target_precision=target_precision, subsets=subsets(scan.frames) if subsets else None,
+                  title=title or os.path.basename(os.path.normpath(data)))
     if store_threshold and threshold_for_precision(probs, scan.labels, target_precision) is None:
         report = fidelity_report(probs, scan.labels, **common)  # for the table; no files written
         report['store_error'] = (f"--store-threshold: nothing written: {report['chosen_reason']} on {data}; "

@@ -8,7 +8,7 @@ nothing is overwritten, and the env settings are checked against the folder's ``
     python -m dizoo_maniskill.record_planner_episodes --save-dir pickcube_reward_data --seeds 10000:10040
 """
 import argparse
-from typing import Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from ding_ext.image_dataset_writer import LabelledImageWriter
 
@@ -25,25 +25,31 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
-def record_planner_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
-                            progress: bool = True, **episode_kwargs) -> Dict[str, int]:
-    """Write the frames of planner episodes for ``seeds`` into ``save_dir``; returns the counts written per class."""
-    from dizoo_maniskill.config.pickcube_base import ENV
-    from dizoo_maniskill.envs.planner_episodes import collect_planner_frames
+def write_frames(save_dir: str, env_cfg: dict, make_frames: Callable[[], Iterable[Dict[str, Any]]]) -> Dict[str, int]:
+    """Write every frame ``make_frames()`` returns (dicts with image, success, frame_info, source, as the planner and
+    ``failure_frames`` give them) into ``save_dir``; returns the counts written per class. The folder's
+    ``metadata.json`` is checked against ``env_cfg`` before ``make_frames`` runs."""
     from entry.serial_entry_reward_model import env_metadata
-    cfg = dict(ENV, **(env_cfg or {}))
-    # the writer checks the folder's metadata.json before any episode is planned
     writer = LabelledImageWriter(save_dir, target_success=10 ** 9, target_failure=10 ** 9, sample_rate_success=1.0,
-                                 sample_rate_fail=1.0, metadata=env_metadata(cfg), progress=False)
+                                 sample_rate_fail=1.0, metadata=env_metadata(env_cfg), progress=False)
     written = {'success': 0, 'failure': 0}
     try:
-        frames = collect_planner_frames(seeds, cfg, workers=workers, progress=progress, **episode_kwargs)
-        for f in frames:
+        for f in make_frames():
             if writer.add(f['image'], f['success'], f['frame_info'], source=f['source']):
                 written['success' if f['success'] else 'failure'] += 1
     finally:
         writer.close()
     return written
+
+
+def record_planner_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
+                            progress: bool = True, **episode_kwargs) -> Dict[str, int]:
+    """Write the frames of planner episodes for ``seeds`` into ``save_dir``; returns the counts written per class."""
+    from dizoo_maniskill.config.pickcube_base import ENV
+    from dizoo_maniskill.envs.planner_episodes import collect_planner_frames
+    cfg = dict(ENV, **(env_cfg or {}))
+    return write_frames(save_dir, cfg, lambda: collect_planner_frames(seeds, cfg, workers=workers, progress=progress,
+                                                                     **episode_kwargs))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -65,33 +65,21 @@ def unambiguous_mask(frames: List[Dict[str, Any]]) -> np.ndarray:
 
 def record_heldout(out_dir: str, env_cfg: Dict[str, Any], n_planner: int, n_random: int) -> None:
     """Held-out frames of unseen seeds: every frame of planner episodes, every 5th of random-action episodes."""
-    from ding_ext.image_dataset_writer import LabelledImageWriter
     from dizoo_maniskill.envs.scripted_success import failure_frames
-    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
-    from entry.serial_entry_reward_model import env_metadata
+    from dizoo_maniskill.record_planner_episodes import record_planner_episodes, write_frames
     record_planner_episodes(out_dir, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + n_planner), env_cfg,
                             workers=2, frame_stride=1)
-    writer = LabelledImageWriter(out_dir, 10 ** 9, 10 ** 9, 1.0, 1.0, metadata=env_metadata(env_cfg), progress=False)
-    try:
-        for f in failure_frames(n_random, seed=HELDOUT_RANDOM_SEED, env_cfg=env_cfg, episode_steps=50, frame_stride=5):
-            writer.add(f['image'], f['success'], f['frame_info'], source=f['source'])
-    finally:
-        writer.close()
+    write_frames(out_dir, env_cfg, lambda: failure_frames(n_random, seed=HELDOUT_RANDOM_SEED, env_cfg=env_cfg,
+                                                          episode_steps=50, frame_stride=5))
 
 
 def evaluate_heldout(checkpoint: str, data_dir: str, out_dir: str) -> Dict[str, Any]:
     """The fidelity report of ``checkpoint`` on ``data_dir`` at its calibrated threshold, with the unambiguous subset."""
-    from ding_ext.evaluate_reward_model import build_model_from_checkpoint
-    from ding_ext.evaluation import fidelity_report, format_report, score_images
-    from ding_ext.image_folder_dataset import scan_image_folder
-    model = build_model_from_checkpoint(checkpoint)
-    threshold = float(model.loaded_metadata.get('calibrated_threshold', 0.5))
-    scan = scan_image_folder(data_dir)
-    probs = score_images(model, scan.images)
-    report = fidelity_report(probs, scan.labels, frames=scan.frames, images=scan.images, files=scan.files,
-                             threshold=threshold, target_precision=TARGET_PRECISION, out_dir=out_dir,
-                             subsets={'unambiguous': unambiguous_mask(scan.frames)},
-                             title='held-out frames of unseen seeds')
+    from ding_ext.evaluate_reward_model import evaluate_checkpoint
+    from ding_ext.evaluation import format_report
+    report = evaluate_checkpoint(checkpoint, data_dir, out_dir, threshold=None, target_precision=TARGET_PRECISION,
+                                 subsets=lambda frames: {'unambiguous': unambiguous_mask(frames)},
+                                 title='held-out frames of unseen seeds')
     print(format_report(report, groups_at='given'), flush=True)
     return report
 

@@ -227,6 +227,16 @@ def test_store_threshold_then_auto_threshold_uses_it(trained, tmp_path, capsys):
     cotrained.train_step(scan.images[:4], torch.tensor([1.0, 1.0, 0.0, 0.0]))
     assert 'calibrated_threshold' not in load_checkpoint(cotrained.save(str(tmp_path / 'co.safetensors')))[1]
 
+    # evaluate_checkpoint(threshold=None) reports at the stored threshold; subsets come from the sidecar rows
+    from ding_ext.evaluate_reward_model import evaluate_checkpoint
+    again = evaluate_checkpoint(ckpt, trained['heldout'], str(tmp_path / 'rep2'), threshold=None,
+                                subsets=lambda frames: {'planner': [f.get('source') == 'planner' for f in frames]},
+                                title='stored threshold')
+    assert again['threshold'] == t and again['title'] == 'stored threshold'
+    assert again['at_threshold'] == report['at_chosen']
+    n_planner = sum(f.get('source') == 'planner' for f in scan.frames)
+    assert 0 < n_planner and again['subsets']['planner']['num_images'] == n_planner
+
 
 def test_auto_threshold_without_a_calibrated_checkpoint_is_a_clear_error(trained, tmp_path):
     ckpt = trained['result']['last_path']
