@@ -35,13 +35,21 @@ from ditk import logging
 from easydict import EasyDict
 from tensorboardX import SummaryWriter
 
+from ding_ext.checkpoint_io import atomic_write
+from ding_ext.demo_episodes import DemoBuffer, load_demo_transitions
 from ding_ext.image_dataset_writer import LabelledImageWriter
 from ding_ext.policies import NON_LEARNER_KEYS
+from ding_ext.reward_models import BaseImageRewardModel
 from entry.reward_monitor import RewardMonitor
+
+# the file in a run's experiment folder that repeats the run: `ding -m serial_reward_model -c <it>` or `ding-reward`
+RERUN_CONFIG_FILE = 'rerun_config.py'
 
 # env config fields recorded with collected images and checked against a reward checkpoint
 ENV_METADATA_FIELDS = {'control_mode': 'control_mode', 'reward_render_mode': 'reward_render_mode',
-                       'show_goal_site': 'show_goal_site', 'image_size': 'env_image_size'}
+                       'show_goal_site': 'show_goal_site', 'image_size': 'env_image_size',
+                       'reward_camera': 'reward_camera', 'reward_camera_pose': 'reward_camera_pose',
+                       'reward_camera_fov': 'reward_camera_fov'}
 
 
 @dataclass
@@ -57,6 +65,12 @@ class Workers:
     image_writer: Optional[LabelledImageWriter]
     tb_logger: SummaryWriter
     monitor: Optional[RewardMonitor] = None
+    demo_buffer: Optional[DemoBuffer] = None
+
+    @property
+    def image_reward(self) -> bool:
+        """An image reward model: the monitor, image stripping and scoring at insertion apply."""
+        return isinstance(self.reward_model, BaseImageRewardModel)
 
 
 def env_metadata(env_cfg: EasyDict) -> Dict[str, Any]:
@@ -110,11 +124,38 @@ def _prepare_configs(input_cfg, seed, env_setting, cooptrain_reward, pretrain_re
         if 'reward_model' not in create_cfg:
             create_cfg.reward_model = EasyDict(type=rm.get('type', 'resnet'), import_names=rm.import_names)
     _apply_resume(cfg)
+    rerun = deepcopy(cfg), deepcopy(create_cfg)
     env_fn = None if env_setting is None else env_setting[0]
     cfg = compile_config(cfg, seed=seed, env=env_fn, auto=True, create_cfg=create_cfg, save_cfg=True)
     if 'reward_model' in cfg:
         cfg.reward_model.exp_name = cfg.exp_name
+    write_rerun_config(os.path.join(cfg.exp_name, RERUN_CONFIG_FILE), *rerun, seed=seed)
     return cfg, create_cfg
+
+
+def write_rerun_config(path: str, main_config: EasyDict, create_config: EasyDict, seed: int) -> None:
+    """A config file that repeats the run, reward model included (DI-engine's ``formatted_total_config.py`` drops
+    the ``reward_model`` block): ``main_config`` / ``create_config`` as this entry received them."""
+    create_config = deepcopy(create_config)
+    create_config.policy.type = create_config.policy.type[:-len('_command')]  # the entries add it again
+
+    def plain(d):
+        return {k: plain(v) for k, v in d.items()} if isinstance(d, dict) else \
+            [plain(v) for v in d] if isinstance(d, (list, tuple)) else d
+
+    text = (f'"""Repeats the run of experiment {main_config.exp_name!r} (seed {seed}):\n'
+            f'    ding -m serial_reward_model -c {RERUN_CONFIG_FILE} -s {seed}\n"""\n'
+            'from easydict import EasyDict\n\n'
+            f'main_config = EasyDict({plain(main_config)!r})\n'
+            f'create_config = EasyDict({plain(create_config)!r})\n')
+    compile(text, path, 'exec')  # a config that does not parse back is a bug here, not at the next run
+
+    def _write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    atomic_write(path, _write)
 
 
 def setup_workers(
@@ -133,7 +174,12 @@ def setup_workers(
     reward_model, monitor = None, None
     if 'reward_model' in cfg:
         reward_model = create_reward_model(cfg.reward_model, policy.collect_mode.get_attribute('device'), tb_logger)
-        monitor = RewardMonitor(reward_model, tb_logger, env_metadata(cfg.env))
+        if isinstance(reward_model, BaseImageRewardModel):
+            monitor = RewardMonitor(reward_model, tb_logger, env_metadata(cfg.env))
+        elif pretrain_reward:
+            logging.warning(f"pretrain_reward: reward model {type(reward_model).__name__} has no pretraining step "
+                            "(only image reward models train on a dataset before RL); it trains during RL")
+    demo_buffer = make_demo_buffer(cfg, reward_model) if cfg.get('demo_buffer') else None
     collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
     evaluator_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in evaluator_env_cfg])
     collector_env.seed(cfg.seed)
@@ -161,13 +207,71 @@ def setup_workers(
         )
     return Workers(
         cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger,
-        monitor
+        monitor, demo_buffer
     )
+
+
+def make_demo_buffer(cfg: EasyDict, reward_model: Any) -> DemoBuffer:
+    """The ``demo_buffer`` block: demonstration episodes from ``path``, scored by the reward model as it scores
+    online transitions (its ``estimate()``: per-step or terminal, combined with the env reward as configured)."""
+    dcfg = cfg.demo_buffer
+    if not 0.0 < float(dcfg.get('sample_ratio', 0.5)) < 1.0:
+        raise ValueError(f"demo_buffer.sample_ratio must be in (0, 1), got {dcfg.get('sample_ratio')}")
+    expected = {'control_mode': cfg.env.get('control_mode')} if 'control_mode' in cfg.env else {}
+    expected.update({k: v for k, v in env_metadata(cfg.env).items() if k != 'reward_render_mode'})
+    buffer = DemoBuffer(load_demo_transitions(dcfg.path, expected, dcfg.get('max_episodes')), seed=cfg.seed)
+    if isinstance(reward_model, BaseImageRewardModel):
+        buffer.rescore(reward_model)
+    logging.info(f"demo buffer: {len(buffer)} transitions from {dcfg.path}")
+    return buffer
 
 
 def strip_images(data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Shallow copies without the reward image and frame info (the learner's collate cannot batch them)."""
     return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} for t in data]
+
+
+def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, history: Dict[str, Any]) -> None:
+    """collect_data / train / clear_data on the new transitions; for an image reward model also the agreement with env
+    success (``RewardMonitor``) and, after it trained, a rescore of the demo buffer."""
+    rm, cfg = w.reward_model, w.cfg
+    if not w.image_reward:  # DI-engine's own reward models, called as DI-engine's entries call them
+        if rm.cfg.get('cooptrain_reward', True):
+            rm.collect_data(new_data)
+            rm.train()
+            if count % int(rm.cfg.get('clear_buffer_per_iters', 1)) == 0:
+                rm.clear_data()
+        return
+    stats = w.monitor.update(new_data, w.learner.train_iter)
+    if stats is not None:
+        history['agreement'].append({'train_iter': w.learner.train_iter, **stats})
+    rm.collect_data(new_data)
+    trained = rm.train()
+    rm.clear_data(count + 1)  # after every clear_buffer_per_iters iterations
+    every = int(cfg.get('demo_buffer', {}).get('rescore_every', 10))
+    if trained is not None and w.demo_buffer is not None and (count + 1) % every == 0:
+        w.demo_buffer.rescore(rm)
+
+
+def num_updates(cfg: EasyDict, new_env_steps: int) -> int:
+    """Learner updates this iteration: ``policy.learn.utd_ratio`` per new env step when set (RLPD's update-to-data
+    ratio), else DI-engine's ``update_per_collect``."""
+    utd = cfg.policy.learn.get('utd_ratio', None)
+    if utd is None:
+        return int(cfg.policy.learn.get('update_per_collect', 1))
+    return max(1, int(round(float(utd) * new_env_steps)))
+
+
+def sample_batch(w: Workers, batch_size: int, train_iter: int) -> Optional[List[Dict[str, Any]]]:
+    """A batch from the replay buffer; with a demo buffer, ``sample_ratio`` of it from the demos (RLPD's symmetric
+    sampling: 0.5)."""
+    if w.demo_buffer is None:
+        return w.replay_buffer.sample(batch_size, train_iter)
+    n_demo = int(round(batch_size * float(w.cfg.demo_buffer.get('sample_ratio', 0.5))))
+    online = w.replay_buffer.sample(batch_size - n_demo, train_iter)
+    if online is None:
+        return None
+    return online + w.demo_buffer.sample(n_demo)
 
 
 def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> Dict[str, Any]:
@@ -176,7 +280,8 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     start_iter = learner.train_iter
     if not onpolicy and cfg.policy.get('random_collect_size', 0) > 0:
         from ding.entry.utils import random_collect
-        random_collect(cfg.policy, w.policy, collector, collector.env, w.commander, w.replay_buffer)
+        random_collect(cfg.policy, w.policy, collector, collector.env, w.commander, w.replay_buffer,
+                       postprocess_data_fn=rm.estimate if w.image_reward else None)
     history = dict(eval=[], agreement=[], alarm_stop=False)
     best_return, count = -np.inf, 0
 
@@ -201,29 +306,31 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
             if evaluate():
                 stopped = True
                 break
+        envstep_before = collector.envstep
         new_data = collector.collect(train_iter=learner.train_iter, policy_kwargs=collect_kwargs)
         if w.image_writer is not None:
             w.image_writer.add_transitions(new_data, step=collector.envstep)
         if rm is not None:
-            stats = w.monitor.update(new_data, learner.train_iter)
-            if stats is not None:
-                history['agreement'].append({'train_iter': learner.train_iter, **stats})
-            rm.collect_data(new_data)
-            rm.train()
-            rm.clear_data(count + 1)  # after every clear_buffer_per_iters iterations
+            update_reward_model(w, new_data, count, history)
         if w.replay_buffer is not None:
-            w.replay_buffer.push(new_data, cur_collector_envstep=collector.envstep)
-        for i in range(cfg.policy.learn.get('update_per_collect', 1)):
+            # an image reward scores each transition once, as it enters the buffer (images stay out of it);
+            # other reward models score sampled batches, as DI-engine's entries do
+            w.replay_buffer.push(rm.estimate(new_data) if w.image_reward else new_data,
+                                 cur_collector_envstep=collector.envstep)
+        for i in range(num_updates(cfg, collector.envstep - envstep_before)):
             if onpolicy:
                 train_data = new_data
             else:
-                train_data = w.replay_buffer.sample(learner.policy.get_attribute('batch_size'), learner.train_iter)
+                train_data = sample_batch(w, learner.policy.get_attribute('batch_size'), learner.train_iter)
                 if train_data is None:
                     logging.warning(f"replay buffer holds too little data to train: stopped after {i} updates")
                     break
-            train_data = rm.estimate(train_data) if rm is not None else strip_images(train_data)
+            if rm is not None and not (w.image_reward and not onpolicy):
+                train_data = rm.estimate(train_data)
+            if not w.image_reward:  # an image reward model's estimate() already left the images out
+                train_data = strip_images(train_data)
             learner.train(train_data, collector.envstep)
-            if not onpolicy and learner.policy.get_attribute('priority'):
+            if not onpolicy and learner.policy.get_attribute('priority') and w.demo_buffer is None:
                 w.replay_buffer.update(learner.priority_info)
         count += 1
         if w.monitor is not None and w.monitor.should_stop:
@@ -240,6 +347,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     learner.call_hook('after_run')
     if rm is not None:
         rm.save(path=cfg.exp_name, name='last')
+    if w.image_reward:
         rm.flush_debug_images()
     if w.image_writer is not None:
         history['images'] = dict(w.image_writer.counts)

@@ -18,6 +18,12 @@ REWARD_IMAGE_SETTINGS = dict(
     # point drawn at random in the air, robot static": with the marker hidden no image can show whether the cube is
     # at the goal, and a classifier learns "cube lifted" instead (precision 0.27 on planner episodes).
     show_goal_site=True,
+    # (dict) the reward camera looks at the goal region from the side, low and close (eye/target in metres):
+    # ManiSkill's base_camera looks down from above, and while the cube is held at the goal the gripper hides both
+    # the cube and the marker from it (recall 0.86-0.92 on held-out success frames); from here both stay in view
+    reward_camera_pose=dict(eye=[0.45, 0.25, 0.2], target=[0.0, 0.0, 0.15]),
+    # (float) vertical field of view (rad): the workspace (cube on the table, goals up to 0.32 m) fills the image
+    reward_camera_fov=0.9,
     # (list) reward image size [C, H, W]
     image_size=[3, 128, 128],
 )
@@ -75,6 +81,40 @@ SAC = dict(
     other=dict(replay_buffer=dict(replay_buffer_size=100000)),
 )
 
+# RLPD (ding_ext.rlpd_policy) with a demo buffer: end-effector deltas (4-dim: xyz + gripper) learn faster than joint
+# deltas, and the planner's demos convert into them; every episode runs 50 steps (no termination on success), every
+# step has a reward image, the env's own reward is its sparse success flag (the oracle arm of the benchmark)
+RLPD_ENV = dict(
+    control_mode='pd_ee_delta_pos',
+    reward_mode='sparse',
+    reward_render_mode='every_step',
+    terminate_on_success=False,
+    # evaluation episodes cover n_evaluator_episode distinct initial states, the same ones in every run
+    vary_static_seed=True,
+    n_evaluator_episode=20,
+)
+RLPD_ACTION_SHAPE = 4
+
+RLPD = dict(
+    cuda=False,
+    # online transitions before the first update (the other half of each batch comes from the demos)
+    random_collect_size=256,
+    model=dict(
+        obs_shape=OBS_SHAPE, action_shape=RLPD_ACTION_SHAPE, num_critics=2, hidden_size=256, num_layers=2,
+        critic_layer_norm=True,
+    ),
+    learn=dict(
+        batch_size=256, learning_rate_q=3e-4, learning_rate_policy=3e-4, learning_rate_alpha=3e-4, auto_alpha=True,
+        discount_factor=0.9, target_theta=0.005, critic_subset=2, ignore_done=True,
+        # gradient updates per env step (one SAC update takes ~20 ms on 2 CPU cores)
+        utd_ratio=1.0,
+        learner=dict(hook=dict(save_ckpt_after_iter=5000, save_ckpt_after_run=True)),
+    ),
+    collect=dict(n_sample=64),
+    eval=dict(evaluator=dict(eval_freq=2000)),
+    other=dict(replay_buffer=dict(replay_buffer_size=200000)),
+)
+
 # ---- the ResNet reward ----------------------------------------------------------------------------
 RESNET_REWARD = dict(
     type='resnet',
@@ -104,17 +144,19 @@ RESNET_REWARD = dict(
 CREATE_ENV = dict(type='maniskill', import_names=['dizoo_maniskill.envs.maniskill_env'])
 
 
-def make_config(exp_name, policy, policy_type, env_manager='subprocess', reward_model=None, **extra):
-    """A (main_config, create_config) pair of EasyDicts."""
-    main = dict(exp_name=exp_name, env=deepcopy(ENV), policy=deepcopy(policy), **deepcopy(extra))
+def make_config(exp_name, policy, policy_type, env_manager='subprocess', reward_model=None, env=None, **extra):
+    """A (main_config, create_config) pair of EasyDicts; ``env`` overrides fields of ``ENV``."""
+    main = dict(exp_name=exp_name, env=dict(deepcopy(ENV), **deepcopy(env or {})), policy=deepcopy(policy),
+                **deepcopy(extra))
     if reward_model is not None:
         main['reward_model'] = deepcopy(reward_model)
     create = dict(
         env=deepcopy(CREATE_ENV),
         env_manager=dict(type=env_manager),
-        policy=dict(type=policy_type, import_names=['ding_ext.policies']),
+        policy=dict(type=policy_type, import_names=['ding_ext.rlpd_policy' if policy_type.startswith('rlpd')
+                                                    else 'ding_ext.policies']),
     )
-    if policy_type.startswith('sac'):
+    if policy_type.startswith(('sac', 'rlpd')):
         create['replay_buffer'] = dict(type='naive')
     if reward_model is not None:
         create['reward_model'] = dict(type=reward_model['type'], import_names=reward_model['import_names'])

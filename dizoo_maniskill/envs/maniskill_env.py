@@ -28,6 +28,8 @@ from easydict import EasyDict
 REWARD_RENDER_MODES = ('episode_end', 'every_step', 'none')
 # a cube this far (m) from the goal is "near the goal": PickCube's success radius is 2.5 cm
 NEAR_GOAL_DIST = 0.05
+# first reset seed of an evaluator env with vary_static_seed (far from the training seeds, seed + 100 * k < 10**5 + seed)
+EVAL_SEED_BASE = 10 ** 7
 
 
 def _item(x: Any) -> Any:
@@ -71,10 +73,23 @@ class ManiSkillEnv(BaseEnv):
         image_size=[3, 128, 128],
         # (str) Sensor camera that renders the reward image (PickCube: 'base_camera').
         reward_camera='base_camera',
+        # (dict or None) Where the reward camera looks from: dict(eye=[x, y, z], target=[x, y, z]) in metres, in the
+        # scene's frame; None keeps the task's own pose for that camera.
+        reward_camera_pose=None,
+        # (float or None) Vertical field of view of the reward camera in radians; None keeps the task's own.
+        reward_camera_fov=None,
         # (str) When to put the image into info: episode_end (only at done=True) | every_step | none.
         reward_render_mode='episode_end',
         # (bool) Show the task's hidden goal markers (PickCube: the green goal sphere) in the reward image.
         show_goal_site=False,
+        # (bool) End the episode when the task succeeds (ManiSkill's own termination). False: every episode runs
+        # max_episode_steps, so a policy must reach success and stay there (a per-step success reward then counts
+        # the steps spent at success, and no env signal other than the reward tells the learner about success).
+        terminate_on_success=True,
+        # (bool) With seed(seed, dynamic_seed=False) (DI-engine's evaluator): False resets to the same initial state
+        # every episode (DI-engine's convention); True walks a fixed sequence of seeds (EVAL_SEED_BASE +
+        # 1000 * seed + k for the k-th reset), so n evaluation episodes cover n initial states, the same in every run.
+        vary_static_seed=False,
         # (int) Number of collector envs returned by ``create_collector_env_cfg``.
         collector_env_num=1,
         # (int) Number of evaluator envs returned by ``create_evaluator_env_cfg``.
@@ -104,6 +119,7 @@ class ManiSkillEnv(BaseEnv):
         self._seed = None
         self._dynamic_seed = True
         self._seed_rng = None
+        self._reset_count = 0
         self._episode_return = 0.0
         self._episode_len = 0
         self._success_once = False
@@ -122,7 +138,7 @@ class ManiSkillEnv(BaseEnv):
             sim_backend=self._cfg.sim_backend,
             max_episode_steps=int(self._cfg.max_episode_steps),
             # only the reward camera is resized; in state obs mode no camera renders unless asked to
-            sensor_configs={self._cfg.reward_camera: dict(width=width, height=height)},
+            sensor_configs={self._cfg.reward_camera: self._camera_config(width, height)},
         )
         if not render:
             kwargs['render_backend'] = 'none'
@@ -142,6 +158,23 @@ class ManiSkillEnv(BaseEnv):
             if self._seed is not None:
                 self._action_space.seed(self._seed)
         return env
+
+    def _camera_config(self, width: int, height: int) -> Dict[str, Any]:
+        camera = dict(width=width, height=height)
+        pose = self._cfg.reward_camera_pose
+        if pose is not None:
+            if set(pose) != {'eye', 'target'} or any(len(pose[k]) != 3 for k in pose):
+                raise ValueError(f"reward_camera_pose must be dict(eye=[x, y, z], target=[x, y, z]), got {pose!r}")
+            if np.allclose(pose['eye'], pose['target']):
+                raise ValueError(f"reward_camera_pose: eye and target are the same point {list(pose['eye'])}")
+            from mani_skill.utils import sapien_utils
+            camera['pose'] = sapien_utils.look_at(eye=list(pose['eye']), target=list(pose['target']))
+        fov = self._cfg.reward_camera_fov
+        if fov is not None:
+            if not 0.0 < float(fov) < np.pi:
+                raise ValueError(f"reward_camera_fov must be in (0, pi) radians, got {fov!r}")
+            camera['fov'] = float(fov)
+        return camera
 
     def _ensure_spaces(self) -> None:
         # DI-engine env managers read the spaces from an env that was never reset: build them from a
@@ -177,6 +210,7 @@ class ManiSkillEnv(BaseEnv):
         self._seed = int(seed)
         self._dynamic_seed = dynamic_seed
         self._seed_rng = np.random.RandomState(self._seed)
+        self._reset_count = 0
         if self._action_space is not None:
             self._action_space.seed(self._seed)
 
@@ -188,6 +222,9 @@ class ManiSkillEnv(BaseEnv):
             reset_seed = self._seed
             if self._dynamic_seed:
                 reset_seed += 100 * int(self._seed_rng.randint(1, 1000))
+            elif self._cfg.vary_static_seed:
+                reset_seed = EVAL_SEED_BASE + 1000 * self._seed + self._reset_count
+            self._reset_count += 1
             self._action_space.seed(reset_seed)
         obs, _ = self._env.reset(seed=reset_seed)
         # unique across env processes and restarts; the dataset splits train/val by it
@@ -203,7 +240,7 @@ class ManiSkillEnv(BaseEnv):
         obs, reward, terminated, truncated, ms_info = self._env.step(action)
         # the one conversion boundary: batched torch tensors -> numpy / python scalars
         reward = float(_item(reward))
-        terminated = bool(_item(terminated))
+        terminated = bool(_item(terminated)) and bool(self._cfg.terminate_on_success)
         truncated = bool(_item(truncated))
         success = bool(_item(ms_info['success'])) if 'success' in ms_info else False
         done = terminated or truncated
@@ -268,7 +305,8 @@ class ManiSkillEnv(BaseEnv):
 
     @staticmethod
     def create_evaluator_env_cfg(cfg: dict) -> List[dict]:
-        return ManiSkillEnv._replicate(cfg, 'evaluator_env_num')
+        # the evaluator judges by the env's success flag: its envs render no reward images
+        return [dict(c, reward_render_mode='none') for c in ManiSkillEnv._replicate(cfg, 'evaluator_env_num')]
 
     def label_facts(self, ms_info: Dict[str, Any]) -> Dict[str, Any]:
         """Facts behind the env's success label for the current state, for the dataset sidecar.

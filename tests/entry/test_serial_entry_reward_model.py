@@ -72,9 +72,12 @@ def spies(monkeypatch):
 
 
 def check_rewards(rec, model, exact):
-    """The learner got exactly estimate()'s outputs; those hold the terminal/replace model rewards."""
+    """The learner got exactly estimate()'s outputs (on-policy: its batches; off-policy: transitions it scored as they
+    entered the replay buffer); those hold the terminal/replace model rewards."""
     outs = [out for _, out in rec['estimate']]
-    assert rec['learner'] and all(any(b is o for o in outs) for b in rec['learner'])
+    scored = {id(t) for out in outs for t in out}
+    assert rec['learner'] and all(any(b is o for o in outs) or all(id(t) in scored for t in b)
+                                  for b in rec['learner'])
     n_done = 0
     for data, out in rec['estimate']:
         assert len(data) == len(out)

@@ -1,0 +1,154 @@
+"""Recorded demonstration episodes on disk, and the demo buffer that RLPD samples half of each batch from.
+
+A demo folder holds one ``episode_<name>.npz`` per episode and a ``metadata.json`` with the env settings
+that produced them (control mode, reward camera, image size, ...), checked against the env that
+trains on them. Each episode file has, for T steps:
+
+- ``obs`` (T, D) float32, ``next_obs`` (T, D), ``action`` (T, A), ``reward`` (T,) the env's reward,
+  ``done`` (T,) bool, ``success`` (T,) bool (the env's success flag after the step);
+- optionally ``image`` (K, H, W, 3) uint8 with ``image_step`` (K,) int: the reward-camera frames after
+  steps ``image_step`` (every step for a per-step learned reward, the last one for a terminal reward).
+
+Episode files are written atomically (a crash leaves whole episodes only), so a recording can be
+resumed: names already present are skipped. Sources: ManiSkill motion-planner episodes converted to
+the training control mode (``dizoo_maniskill.record_demos``), teleoperated robot episodes.
+"""
+import glob
+import json
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+import numpy as np
+
+from .checkpoint_io import atomic_write, check_metadata, write_json_atomic
+from .transitions import FRAME_INFO_KEY
+
+METADATA_FILE = 'metadata.json'
+REQUIRED_KEYS = ('obs', 'next_obs', 'action', 'reward', 'done', 'success')
+IMAGE_KEY = 'reward_image'
+
+
+def episode_path(demo_dir: str, name: str) -> str:
+    return os.path.join(demo_dir, f'episode_{name}.npz')
+
+
+def write_episode(demo_dir: str, name: str, episode: Mapping[str, Any]) -> str:
+    """Write one episode atomically; ``episode`` has the arrays of the module docstring."""
+    missing = [k for k in REQUIRED_KEYS if k not in episode]
+    if missing:
+        raise ValueError(f"demo episode {name!r} lacks {missing}; needs {list(REQUIRED_KEYS)}")
+    arrays = {k: np.asarray(v) for k, v in episode.items()}
+    lengths = {k: len(arrays[k]) for k in REQUIRED_KEYS}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"demo episode {name!r}: arrays of different lengths {lengths}")
+    if ('image' in arrays) != ('image_step' in arrays):
+        raise ValueError(f"demo episode {name!r}: 'image' and 'image_step' go together")
+    os.makedirs(demo_dir, exist_ok=True)
+    path = episode_path(demo_dir, name)
+
+    def _write(tmp: str) -> None:
+        with open(tmp, 'wb') as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, _write)
+    return path
+
+
+def write_metadata(demo_dir: str, metadata: Mapping[str, Any]) -> None:
+    """Record the env settings of a demo folder; an existing folder must agree with them."""
+    path = os.path.join(demo_dir, METADATA_FILE)
+    if os.path.isfile(path):
+        check_metadata(read_metadata(demo_dir), dict(metadata), source=f"demo folder {demo_dir}")
+        return
+    os.makedirs(demo_dir, exist_ok=True)
+    write_json_atomic(path, dict(metadata), indent=2, sort_keys=True)
+
+
+def read_metadata(demo_dir: str) -> Dict[str, Any]:
+    path = os.path.join(demo_dir, METADATA_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def episode_names(demo_dir: str) -> List[str]:
+    return sorted(os.path.basename(p)[len('episode_'):-len('.npz')]
+                  for p in glob.glob(os.path.join(demo_dir, 'episode_*.npz')))
+
+
+def read_episode(path: str) -> Dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            episode = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile / numpy errors do not name the file
+        raise ValueError(f"demo episode {path} cannot be read ({type(e).__name__}: {e})") from e
+    missing = [k for k in REQUIRED_KEYS if k not in episode]
+    if missing:
+        raise ValueError(f"demo episode {path} lacks {missing}")
+    return episode
+
+
+def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '') -> Iterator[Dict[str, Any]]:
+    """DI-engine transitions (the keys an off-policy learner reads) with the reward image where one was recorded."""
+    images = {}
+    if 'image' in episode:
+        images = {int(s): img for s, img in zip(episode['image_step'], episode['image'])}
+    for t in range(len(episode['obs'])):
+        tr = dict(
+            obs=episode['obs'][t].astype(np.float32), next_obs=episode['next_obs'][t].astype(np.float32),
+            action=episode['action'][t].astype(np.float32), reward=np.asarray([episode['reward'][t]], np.float32),
+            done=bool(episode['done'][t]), success=bool(episode['success'][t]),
+        )
+        if t in images:
+            tr[IMAGE_KEY] = images[t]
+            tr[FRAME_INFO_KEY] = dict(episode_id=f'demo-{name}', step=t + 1, source='demo')
+        yield tr
+
+
+def load_demo_transitions(demo_dir: str, expected_metadata: Optional[Mapping[str, Any]] = None,
+                          max_episodes: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Every transition of the folder's episodes (sorted by name), after checking its metadata against
+    ``expected_metadata`` (keys the folder does not record are not checked)."""
+    if not os.path.isdir(demo_dir):
+        raise FileNotFoundError(f"demo folder not found: {demo_dir}")
+    names = episode_names(demo_dir)[:max_episodes]
+    if not names:
+        raise FileNotFoundError(f"demo folder {demo_dir} holds no episode_*.npz files")
+    meta = read_metadata(demo_dir)
+    if expected_metadata:
+        check_metadata(meta, {k: v for k, v in expected_metadata.items() if k in meta},
+                       source=f"demo folder {demo_dir}")
+    out: List[Dict[str, Any]] = []
+    for name in names:
+        out += list(episode_transitions(read_episode(episode_path(demo_dir, name)), name))
+    return out
+
+
+class DemoBuffer:
+    """Demonstration transitions, scored once by the reward model, sampled uniformly.
+
+    ``rescore(reward_model)`` gives every transition the reward the model's ``estimate()`` gives it
+    (per-step or terminal, combined with the env reward as its config says); the original transitions,
+    images included, are kept so that a co-trained model can rescore them.
+    """
+
+    def __init__(self, transitions: List[Dict[str, Any]], seed: int = 0) -> None:
+        if not transitions:
+            raise ValueError("DemoBuffer needs at least one transition")
+        self.raw = transitions
+        self.scored = [{k: v for k, v in t.items() if k not in (IMAGE_KEY, FRAME_INFO_KEY)} for t in transitions]
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.scored)
+
+    def rescore(self, reward_model: Any) -> None:
+        if reward_model is not None:
+            self.scored = reward_model.estimate(self.raw)
+
+    def sample(self, n: int) -> List[Dict[str, Any]]:
+        return [self.scored[i] for i in self.rng.integers(len(self.scored), size=int(n))]
+
+    def success_fraction(self) -> float:
+        return float(np.mean([bool(t['success']) for t in self.raw]))

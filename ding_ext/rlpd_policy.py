@@ -1,0 +1,217 @@
+"""RLPD (Ball et al., 2023, "Efficient Online RL with Offline Data") as a DI-engine policy.
+
+SAC with the three changes RLPD makes for learning from few env samples next to demonstrations:
+
+- LayerNorm in every critic layer (keeps Q-values bounded when the data mixes demos and online samples);
+- an ensemble of ``num_critics`` critics; the TD target is the minimum over a random subset of
+  ``critic_subset`` target critics (REDQ-style pessimism), the actor maximises their mean;
+- a high update-to-data ratio (``learn.utd_ratio``: gradient updates per collected env step, applied by
+  ``entry.serial_pipeline_reward_model_offpolicy``);
+
+plus symmetric sampling (half demonstrations, half online data in each batch), which lives in the
+entry's demo buffer (``demo_buffer`` config block). Registered names: ``rlpd``, ``rlpd_command``,
+``rlpd_reward_image`` and ``rlpd_reward_image_command`` (transitions keep the reward image and success
+flag, see ``ding_ext.policies``). Model: ``rlpd_qac`` (``RLPDActorCritic``).
+"""
+import math
+from typing import Any, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ding.policy import SACPolicy
+from ding.policy.command_mode_policy_instance import DummyCommandModePolicy
+from ding.policy.common_utils import default_preprocess_learn
+from ding.utils import MODEL_REGISTRY, POLICY_REGISTRY
+from torch.distributions import Independent, Normal
+
+from .policies import with_reward_image
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers applied at once: input (n, B, in) -> (n, B, out)."""
+
+    def __init__(self, n: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default initialisation, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class CriticEnsemble(nn.Module):
+    """``n`` Q(s, a) MLPs with LayerNorm after each hidden layer, evaluated in one batched pass."""
+
+    def __init__(self, n: int, in_features: int, hidden: int, layers: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.n = n
+        dims = [in_features] + [hidden] * layers
+        self.hidden = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) if layer_norm else nn.Identity() for _ in range(layers))
+        self.out = EnsembleLinear(n, hidden, 1)
+
+    def forward(self, obs_action: torch.Tensor) -> torch.Tensor:
+        x = obs_action.unsqueeze(0).expand(self.n, -1, -1)
+        for linear, norm in zip(self.hidden, self.norms):
+            x = F.relu(norm(linear(x)))
+        return self.out(x).squeeze(-1)  # (n, B)
+
+
+@MODEL_REGISTRY.register('rlpd_qac')
+class RLPDActorCritic(nn.Module):
+    """Gaussian actor (tanh-squashed by the policy) and a LayerNorm critic ensemble, for flat observations.
+
+    ``forward(obs, mode='compute_actor')`` -> ``{'logit': [mu, sigma]}``;
+    ``forward({'obs', 'action'}, mode='compute_critic')`` -> ``{'q_value': (num_critics, B)}``.
+    """
+    mode = ['compute_actor', 'compute_critic']
+
+    def __init__(self, obs_shape: int, action_shape: int, num_critics: int = 2, hidden_size: int = 256,
+                 num_layers: int = 2, critic_layer_norm: bool = True, **kwargs: Any) -> None:
+        super().__init__()
+        if int(num_critics) < 2:
+            raise ValueError(f"rlpd_qac needs num_critics >= 2 (the TD target takes a minimum), got {num_critics}")
+        obs_shape, action_shape = int(obs_shape), int(action_shape)
+        dims = [obs_shape] + [hidden_size] * num_layers
+        trunk = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            trunk += [nn.Linear(a, b), nn.ReLU()]
+        self.actor = nn.Sequential(*trunk, nn.Linear(hidden_size, 2 * action_shape))
+        self.critic = CriticEnsemble(int(num_critics), obs_shape + action_shape, hidden_size, num_layers,
+                                     critic_layer_norm)
+        self.action_shape = action_shape
+
+    def forward(self, inputs: Any, mode: str) -> Dict[str, Any]:
+        if mode == 'compute_actor':
+            mu, log_std = self.actor(inputs).chunk(2, dim=-1)
+            log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+            return {'logit': [mu, log_std.exp()]}
+        if mode == 'compute_critic':
+            action = inputs['action']
+            if action.dim() == 1:
+                action = action.unsqueeze(-1)
+            return {'q_value': self.critic(torch.cat([inputs['obs'], action], dim=-1))}
+        raise ValueError(f"unknown mode {mode!r}; expected one of {self.mode}")
+
+
+def _squashed_sample(mu: torch.Tensor, sigma: torch.Tensor):
+    """tanh(N(mu, sigma)) sample and its log-probability (with the tanh change of variables)."""
+    dist = Independent(Normal(mu, sigma), 1)
+    pre = dist.rsample()
+    action = torch.tanh(pre)
+    log_prob = dist.log_prob(pre) - torch.log(1 - action.pow(2) + 1e-6).sum(-1)
+    return action, log_prob
+
+
+@POLICY_REGISTRY.register('rlpd')
+class RLPDPolicy(SACPolicy):
+    """SAC with a LayerNorm critic ensemble and random-subset TD targets (see the module docstring)."""
+
+    config = dict(
+        SACPolicy.config,
+        type='rlpd',
+        model=dict(num_critics=2, hidden_size=256, num_layers=2, critic_layer_norm=True),
+        learn=dict(
+            SACPolicy.config['learn'],
+            # (int) Target critics whose minimum forms the TD target (RLPD: 2 of an ensemble of 10).
+            critic_subset=2,
+            # (float|None) Gradient updates per collected env step; None keeps update_per_collect per iteration.
+            utd_ratio=None,
+            # (bool) Time-limit truncations are not terminal: bootstrap through ``done`` (fixed-horizon tasks).
+            ignore_done=True,
+        ),
+    )
+
+    def default_model(self):
+        return 'rlpd_qac', ['ding_ext.rlpd_policy']
+
+    def _init_learn(self) -> None:
+        self._cfg.model.setdefault('twin_critic', False)  # SACPolicy reads it; the ensemble replaces it
+        super()._init_learn()
+        n = self._model.critic.n
+        self._critic_subset = int(self._cfg.learn.critic_subset)
+        if not 1 <= self._critic_subset <= n:
+            raise ValueError(f"learn.critic_subset must be in [1, num_critics={n}], got {self._critic_subset}")
+
+    def _forward_learn(self, data: List[Dict[str, Any]]) -> Dict[str, Any]:
+        data = default_preprocess_learn(data, use_priority=False, use_priority_IS_weight=False,
+                                        ignore_done=self._cfg.learn.ignore_done, use_nstep=False)
+        self._learn_model.train()
+        self._target_model.train()
+        obs, next_obs = data['obs'], data['next_obs']
+        reward, done = data['reward'].reshape(-1), data['done'].float().reshape(-1)
+
+        with torch.no_grad():
+            mu, sigma = self._learn_model.forward(next_obs, mode='compute_actor')['logit']
+            next_action, next_log_prob = _squashed_sample(mu, sigma)
+            target_q = self._target_model.forward({'obs': next_obs, 'action': next_action},
+                                                  mode='compute_critic')['q_value']
+            subset = torch.randperm(target_q.shape[0])[:self._critic_subset]
+            target_v = target_q[subset].min(dim=0).values - self._alpha * next_log_prob
+            target = reward + self._gamma * (1 - done) * target_v
+
+        q = self._learn_model.forward({'obs': obs, 'action': data['action']}, mode='compute_critic')['q_value']
+        critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction='none').mean(dim=1).sum()
+        self._optimizer_q.zero_grad()
+        critic_loss.backward()
+        self._optimizer_q.step()
+
+        mu, sigma = self._learn_model.forward(obs, mode='compute_actor')['logit']
+        action, log_prob = _squashed_sample(mu, sigma)
+        q_pi = self._learn_model.forward({'obs': obs, 'action': action}, mode='compute_critic')['q_value'].mean(0)
+        policy_loss = (self._alpha * log_prob - q_pi).mean()
+        self._optimizer_policy.zero_grad()
+        policy_loss.backward()
+        self._optimizer_policy.step()
+
+        out = {'critic_loss': critic_loss.item(), 'policy_loss': policy_loss.item()}
+        if self._auto_alpha:
+            entropy_gap = (log_prob + self._target_entropy).detach()
+            alpha_param = self._log_alpha if self._log_space else self._alpha
+            alpha_loss = -(alpha_param * entropy_gap).mean()
+            self._alpha_optim.zero_grad()
+            alpha_loss.backward()
+            self._alpha_optim.step()
+            if self._log_space:
+                self._alpha = self._log_alpha.detach().exp()
+            else:
+                self._alpha.data.clamp_(min=0)
+            out['alpha_loss'] = alpha_loss.item()
+        self._target_model.update(self._learn_model.state_dict())
+        td_error = (q.detach() - target.unsqueeze(0)).abs().mean(0)
+        return {
+            **out,
+            'total_loss': sum(out.values()),
+            'cur_lr_q': self._optimizer_q.defaults['lr'],
+            'cur_lr_p': self._optimizer_policy.defaults['lr'],
+            'priority': td_error.tolist(),
+            'td_error': td_error.mean().item(),
+            'alpha': float(self._alpha.item()),
+            'target_q_value': target.mean().item(),
+            'q_value': q.detach().mean().item(),
+            'transformed_log_prob': log_prob.mean().item(),
+        }
+
+    def _monitor_vars_learn(self) -> List[str]:
+        keys = ['critic_loss', 'policy_loss', 'total_loss', 'cur_lr_q', 'cur_lr_p', 'td_error', 'alpha',
+                'target_q_value', 'q_value', 'transformed_log_prob']
+        return keys + (['alpha_loss'] if self._auto_alpha else [])
+
+
+@POLICY_REGISTRY.register('rlpd_command')
+class RLPDCommandModePolicy(RLPDPolicy, DummyCommandModePolicy):
+    pass
+
+
+RLPDRewardImagePolicy = POLICY_REGISTRY.register('rlpd_reward_image')(with_reward_image(RLPDPolicy))
+
+
+@POLICY_REGISTRY.register('rlpd_reward_image_command')
+class RLPDRewardImageCommandModePolicy(RLPDRewardImagePolicy, DummyCommandModePolicy):
+    pass

@@ -1,0 +1,46 @@
+"""RLPD on PickCube with the ResNet success classifier as the only, per-step reward.
+
+Off-policy SAC in the RLPD style (``ding_ext.rlpd_policy``: LayerNorm critic ensemble, update-to-data ratio)
+with a demo buffer of motion-planned episodes (half of every batch). The env runs every episode for
+``max_episode_steps`` (no termination on success): the policy must reach the goal and stay, and the
+per-step classifier reward is the only signal of success it gets. Needs:
+
+    python -m dizoo_maniskill.record_demos --demo-dir pickcube_demos --workers 2     # the demo buffer
+    # a classifier for this env's reward camera at reward_model.checkpoint_path, e.g. as `make demo` trains it
+    python dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py
+    ding -m serial_reward_model -c dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py -s 0
+    ding-reward -c dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py --offpolicy
+
+Without the ``reward_model`` block the same config learns from the env's sparse success reward (the oracle
+that ``bench/pickcube_learned_reward.py`` compares against).
+"""
+from dizoo_maniskill.config.pickcube_base import RESNET_REWARD, RLPD, RLPD_ENV, make_config
+
+max_env_step = 30000
+main_config, create_config = make_config(
+    'pickcube_rlpd_resnet_reward_seed0', RLPD, 'rlpd_reward_image', env=RLPD_ENV,
+    reward_model=dict(
+        RESNET_REWARD,
+        # every frame is scored: reward 1 while the classifier sees success (the env's sparse reward, learned)
+        reward_mode='per_step',
+        checkpoint_path='pickcube_rlpd_reward_model/best_model.safetensors',
+        pretrain_data_dir='pickcube_rlpd_reward_data',
+    ),
+    demo_buffer=dict(
+        # (str) episode_*.npz folder from `python -m dizoo_maniskill.record_demos`
+        path='pickcube_demos',
+        # (float) fraction of each batch drawn from the demos (RLPD's symmetric sampling: 0.5)
+        sample_ratio=0.5,
+        # (int) with a co-trained reward model: rescore the demos every this many iterations
+        rescore_every=10,
+    ),
+)
+pickcube_rlpd_resnet_reward_config, pickcube_rlpd_resnet_reward_create_config = main_config, create_config
+
+if __name__ == "__main__":
+    from entry import serial_pipeline_reward_model_offpolicy
+    rm = main_config.reward_model
+    serial_pipeline_reward_model_offpolicy(
+        (main_config, create_config), seed=0, max_env_step=max_env_step, cooptrain_reward=rm.cooptrain_reward,
+        pretrain_reward=rm.pretrain_reward
+    )
