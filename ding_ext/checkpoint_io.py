@@ -178,7 +178,7 @@ def check_metadata(metadata: Mapping[str, Any], expected: Mapping[str, Any], sou
         if _normal(got) != _normal(want):
             raise ValueError(
                 f"{source} metadata field {key!r} is {got!r} but the config says {want!r}; "
-                f"use a checkpoint trained with {key}={want!r} or set the config to {got!r}"
+                f"use one made with {key}={want!r} or set the config to {got!r}"
             )
 
 

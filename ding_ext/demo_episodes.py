@@ -19,6 +19,7 @@ import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
+import torch
 
 from .checkpoint_io import atomic_write, check_metadata, write_json_atomic
 from .transitions import FRAME_INFO_KEY
@@ -61,7 +62,7 @@ def write_metadata(demo_dir: str, metadata: Mapping[str, Any]) -> None:
         check_metadata(read_metadata(demo_dir), dict(metadata), source=f"demo folder {demo_dir}")
         return
     os.makedirs(demo_dir, exist_ok=True)
-    write_json_atomic(path, dict(metadata), indent=2, sort_keys=True)
+    write_json_atomic(path, dict(metadata), sort_keys=True)
 
 
 def read_metadata(demo_dir: str) -> Dict[str, Any]:
@@ -89,16 +90,19 @@ def read_episode(path: str) -> Dict[str, np.ndarray]:
     return episode
 
 
+def _tensor(x: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
 def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '') -> Iterator[Dict[str, Any]]:
     """DI-engine transitions (the keys an off-policy learner reads) with the reward image where one was recorded."""
     images = {}
     if 'image' in episode:
         images = {int(s): img for s, img in zip(episode['image_step'], episode['image'])}
     for t in range(len(episode['obs'])):
-        tr = dict(
-            obs=episode['obs'][t].astype(np.float32), next_obs=episode['next_obs'][t].astype(np.float32),
-            action=episode['action'][t].astype(np.float32), reward=np.asarray([episode['reward'][t]], np.float32),
-            done=bool(episode['done'][t]), success=bool(episode['success'][t]),
+        tr = dict(  # torch tensors, as DI-engine's collectors give them (the learner's collate stacks both sources)
+            obs=_tensor(episode['obs'][t]), next_obs=_tensor(episode['next_obs'][t]), action=_tensor(episode['action'][t]),
+            reward=_tensor([episode['reward'][t]]), done=bool(episode['done'][t]), success=bool(episode['success'][t]),
         )
         if t in images:
             tr[IMAGE_KEY] = images[t]
@@ -126,29 +130,34 @@ def load_demo_transitions(demo_dir: str, expected_metadata: Optional[Mapping[str
 
 
 class DemoBuffer:
-    """Demonstration transitions, scored once by the reward model, sampled uniformly.
+    """Demonstration transitions sampled uniformly; scored once by a reward model, or as recorded.
 
-    ``rescore(reward_model)`` gives every transition the reward the model's ``estimate()`` gives it
-    (per-step or terminal, combined with the env reward as its config says); the original transitions,
-    images included, are kept so that a co-trained model can rescore them.
+    Until ``rescore`` is called, ``sample`` returns the recorded transitions, reward images included (a reward
+    model that scores sampled batches scores them). ``rescore(reward_model)`` gives every transition the reward
+    that model's ``estimate()`` gives it (per-step or terminal, combined with the env reward as its config says)
+    and drops the images from what ``sample`` returns; ``rescore(None)`` keeps the env reward and drops the
+    images. The recorded transitions are kept, so that a co-trained model can rescore them.
     """
 
     def __init__(self, transitions: List[Dict[str, Any]], seed: int = 0) -> None:
         if not transitions:
             raise ValueError("DemoBuffer needs at least one transition")
         self.raw = transitions
-        self.scored = [{k: v for k, v in t.items() if k not in (IMAGE_KEY, FRAME_INFO_KEY)} for t in transitions]
+        self.scored: Optional[List[Dict[str, Any]]] = None
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return len(self.scored)
+        return len(self.raw)
 
-    def rescore(self, reward_model: Any) -> None:
-        if reward_model is not None:
+    def rescore(self, reward_model: Any = None) -> None:
+        if reward_model is None:
+            self.scored = [{k: v for k, v in t.items() if k not in (IMAGE_KEY, FRAME_INFO_KEY)} for t in self.raw]
+        else:
             self.scored = reward_model.estimate(self.raw)
 
     def sample(self, n: int) -> List[Dict[str, Any]]:
-        return [self.scored[i] for i in self.rng.integers(len(self.scored), size=int(n))]
+        source = self.raw if self.scored is None else self.scored
+        return [source[i] for i in self.rng.integers(len(source), size=int(n))]
 
     def success_fraction(self) -> float:
         return float(np.mean([bool(t['success']) for t in self.raw]))

@@ -20,16 +20,6 @@ _PROCESS: Dict[str, Any] = {}
 DEFAULTS = dict(hold_steps=10, action_stride=3)
 
 
-def demo_metadata(env_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The env settings a demo folder records: those that shape observations, actions and reward images."""
-    from entry.serial_entry_reward_model import env_metadata
-    meta = {k: v for k, v in env_metadata(env_cfg).items() if k != 'reward_render_mode'}
-    meta.update(env_id=env_cfg['env_id'], control_mode=env_cfg['control_mode'],
-                reward_camera=env_cfg.get('reward_camera'), reward_camera_pose=env_cfg.get('reward_camera_pose'),
-                reward_camera_fov=env_cfg.get('reward_camera_fov'))
-    return meta
-
-
 def _record(seed: int, env_cfg: Dict[str, Any], demo_dir: str, kwargs: Dict[str, Any]) -> Optional[str]:
     """One seed in this process (the process keeps its envs and renderer); the episode's name, or None on failure."""
     from dizoo_maniskill.envs.maniskill_env import ManiSkillEnv
@@ -49,7 +39,8 @@ def record_demos(demo_dir: str, seeds: Sequence[int], env_cfg: Dict[str, Any], w
                  progress: bool = True, **kwargs: Any) -> Dict[str, int]:
     """Record the seeds not yet in ``demo_dir``; returns counts of recorded, skipped (present) and failed seeds."""
     from tqdm import tqdm
-    write_metadata(demo_dir, demo_metadata(env_cfg))
+    from entry.serial_entry_reward_model import demo_env_metadata
+    write_metadata(demo_dir, demo_env_metadata(env_cfg))
     present = set(episode_names(demo_dir))
     todo = [int(s) for s in seeds if f's{int(s)}' not in present]
     opts = dict(DEFAULTS, **kwargs)

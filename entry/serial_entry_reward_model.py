@@ -36,7 +36,7 @@ from easydict import EasyDict
 from tensorboardX import SummaryWriter
 
 from ding_ext.checkpoint_io import atomic_write
-from ding_ext.demo_episodes import DemoBuffer, load_demo_transitions
+from ding_ext.demo_episodes import DemoBuffer
 from ding_ext.image_dataset_writer import LabelledImageWriter
 from ding_ext.policies import NON_LEARNER_KEYS
 from ding_ext.reward_models import BaseImageRewardModel
@@ -65,7 +65,11 @@ class Workers:
     image_writer: Optional[LabelledImageWriter]
     tb_logger: SummaryWriter
     monitor: Optional[RewardMonitor] = None
-    demo_buffer: Optional[DemoBuffer] = None
+
+    @property
+    def demo_buffer(self) -> Optional[DemoBuffer]:
+        """The demonstrations of a ``demo_mix`` replay buffer (``ding_ext.demo_replay_buffer``)."""
+        return getattr(self.replay_buffer, 'demos', None)
 
     @property
     def image_reward(self) -> bool:
@@ -76,6 +80,15 @@ class Workers:
 def env_metadata(env_cfg: EasyDict) -> Dict[str, Any]:
     """The env settings that must agree between image collection and reward use."""
     return {meta: env_cfg[key] for key, meta in ENV_METADATA_FIELDS.items() if key in env_cfg}
+
+
+def demo_env_metadata(env_cfg: EasyDict) -> Dict[str, Any]:
+    """The env settings demonstrations record and are checked against: the task, the control mode and everything
+    that shapes a reward image (not when the env renders one: demos keep a frame for every step)."""
+    meta = {k: v for k, v in env_metadata(env_cfg).items() if k != 'reward_render_mode'}
+    if 'env_id' in env_cfg:
+        meta['env_id'] = env_cfg['env_id']
+    return meta
 
 
 def latest_checkpoint(resume_dir: str) -> str:
@@ -124,6 +137,10 @@ def _prepare_configs(input_cfg, seed, env_setting, cooptrain_reward, pretrain_re
         if 'reward_model' not in create_cfg:
             create_cfg.reward_model = EasyDict(type=rm.get('type', 'resnet'), import_names=rm.import_names)
     _apply_resume(cfg)
+    buffer_cfg = cfg.policy.get('other', {}).get('replay_buffer', {})
+    if buffer_cfg.get('demo_path'):  # demos are checked against the env this run trains in
+        buffer_cfg.demo_env_metadata = demo_env_metadata(cfg.env)
+        buffer_cfg.setdefault('demo_seed', seed)
     rerun = deepcopy(cfg), deepcopy(create_cfg)
     env_fn = None if env_setting is None else env_setting[0]
     cfg = compile_config(cfg, seed=seed, env=env_fn, auto=True, create_cfg=create_cfg, save_cfg=True)
@@ -179,7 +196,6 @@ def setup_workers(
         elif pretrain_reward:
             logging.warning(f"pretrain_reward: reward model {type(reward_model).__name__} has no pretraining step "
                             "(only image reward models train on a dataset before RL); it trains during RL")
-    demo_buffer = make_demo_buffer(cfg, reward_model) if cfg.get('demo_buffer') else None
     collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
     evaluator_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in evaluator_env_cfg])
     collector_env.seed(cfg.seed)
@@ -194,6 +210,10 @@ def setup_workers(
     )
     replay_buffer = create_buffer(cfg.policy.other.replay_buffer, tb_logger=tb_logger, exp_name=cfg.exp_name) \
         if with_buffer else None
+    demos = getattr(replay_buffer, 'demos', None)
+    if demos is not None:  # scored once here, as online transitions are when they enter the buffer
+        demos.rescore(reward_model if isinstance(reward_model, BaseImageRewardModel) else None)
+        logging.info(f"demo buffer: {len(demos)} transitions from {cfg.policy.other.replay_buffer.demo_path}")
     commander = BaseSerialCommander(
         cfg.policy.other.commander, learner, collector, evaluator, replay_buffer, policy.command_mode
     )
@@ -207,28 +227,15 @@ def setup_workers(
         )
     return Workers(
         cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger,
-        monitor, demo_buffer
+        monitor
     )
 
 
-def make_demo_buffer(cfg: EasyDict, reward_model: Any) -> DemoBuffer:
-    """The ``demo_buffer`` block: demonstration episodes from ``path``, scored by the reward model as it scores
-    online transitions (its ``estimate()``: per-step or terminal, combined with the env reward as configured)."""
-    dcfg = cfg.demo_buffer
-    if not 0.0 < float(dcfg.get('sample_ratio', 0.5)) < 1.0:
-        raise ValueError(f"demo_buffer.sample_ratio must be in (0, 1), got {dcfg.get('sample_ratio')}")
-    expected = {'control_mode': cfg.env.get('control_mode')} if 'control_mode' in cfg.env else {}
-    expected.update({k: v for k, v in env_metadata(cfg.env).items() if k != 'reward_render_mode'})
-    buffer = DemoBuffer(load_demo_transitions(dcfg.path, expected, dcfg.get('max_episodes')), seed=cfg.seed)
-    if isinstance(reward_model, BaseImageRewardModel):
-        buffer.rescore(reward_model)
-    logging.info(f"demo buffer: {len(buffer)} transitions from {dcfg.path}")
-    return buffer
-
-
 def strip_images(data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them)."""
-    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} for t in data]
+    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them); transitions
+    without either are passed as they are."""
+    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} if any(k in t for k in NON_LEARNER_KEYS)
+            else t for t in data]
 
 
 def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, history: Dict[str, Any]) -> None:
@@ -248,7 +255,7 @@ def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, 
     rm.collect_data(new_data)
     trained = rm.train()
     rm.clear_data(count + 1)  # after every clear_buffer_per_iters iterations
-    every = int(cfg.get('demo_buffer', {}).get('rescore_every', 10))
+    every = int(cfg.policy.other.replay_buffer.get('demo_rescore_every', 10))
     if trained is not None and w.demo_buffer is not None and (count + 1) % every == 0:
         w.demo_buffer.rescore(rm)
 
@@ -262,26 +269,14 @@ def num_updates(cfg: EasyDict, new_env_steps: int) -> int:
     return max(1, int(round(float(utd) * new_env_steps)))
 
 
-def sample_batch(w: Workers, batch_size: int, train_iter: int) -> Optional[List[Dict[str, Any]]]:
-    """A batch from the replay buffer; with a demo buffer, ``sample_ratio`` of it from the demos (RLPD's symmetric
-    sampling: 0.5)."""
-    if w.demo_buffer is None:
-        return w.replay_buffer.sample(batch_size, train_iter)
-    n_demo = int(round(batch_size * float(w.cfg.demo_buffer.get('sample_ratio', 0.5))))
-    online = w.replay_buffer.sample(batch_size - n_demo, train_iter)
-    if online is None:
-        return None
-    return online + w.demo_buffer.sample(n_demo)
-
-
 def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> Dict[str, Any]:
     cfg, learner, collector, evaluator, rm = w.cfg, w.learner, w.collector, w.evaluator, w.reward_model
     learner.call_hook('before_run')
     start_iter = learner.train_iter
     if not onpolicy and cfg.policy.get('random_collect_size', 0) > 0:
         from ding.entry.utils import random_collect
-        random_collect(cfg.policy, w.policy, collector, collector.env, w.commander, w.replay_buffer,
-                       postprocess_data_fn=rm.estimate if w.image_reward else None)
+        random_collect(cfg.policy, w.policy, collector, collector._env, w.commander, w.replay_buffer,
+                       postprocess_data_fn=rm.estimate if w.image_reward else strip_images)
     history = dict(eval=[], agreement=[], alarm_stop=False)
     best_return, count = -np.inf, 0
 
@@ -315,13 +310,13 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         if w.replay_buffer is not None:
             # an image reward scores each transition once, as it enters the buffer (images stay out of it);
             # other reward models score sampled batches, as DI-engine's entries do
-            w.replay_buffer.push(rm.estimate(new_data) if w.image_reward else new_data,
+            w.replay_buffer.push(rm.estimate(new_data) if w.image_reward else strip_images(new_data),
                                  cur_collector_envstep=collector.envstep)
         for i in range(num_updates(cfg, collector.envstep - envstep_before)):
             if onpolicy:
                 train_data = new_data
             else:
-                train_data = sample_batch(w, learner.policy.get_attribute('batch_size'), learner.train_iter)
+                train_data = w.replay_buffer.sample(learner.policy.get_attribute('batch_size'), learner.train_iter)
                 if train_data is None:
                     logging.warning(f"replay buffer holds too little data to train: stopped after {i} updates")
                     break

@@ -106,13 +106,23 @@ RLPD = dict(
     learn=dict(
         batch_size=256, learning_rate_q=3e-4, learning_rate_policy=3e-4, learning_rate_alpha=3e-4, auto_alpha=True,
         discount_factor=0.9, target_theta=0.005, critic_subset=2, ignore_done=True,
-        # gradient updates per env step (one SAC update takes ~20 ms on 2 CPU cores)
+        # gradient updates per env step (one SAC update takes ~20 ms on 2 CPU cores); our entry applies it to the env
+        # steps each iteration collects, DI-engine's entry uses update_per_collect (= utd_ratio x n_sample)
         utd_ratio=1.0,
+        update_per_collect=64,
         learner=dict(hook=dict(save_ckpt_after_iter=5000, save_ckpt_after_run=True)),
     ),
     collect=dict(n_sample=64),
     eval=dict(evaluator=dict(eval_freq=2000)),
-    other=dict(replay_buffer=dict(replay_buffer_size=200000)),
+    other=dict(replay_buffer=dict(
+        replay_buffer_size=200000,
+        # (str) episode_*.npz folder from `python -m dizoo_maniskill.record_demos`
+        demo_path='pickcube_demos',
+        # (float) fraction of each batch drawn from the demos (RLPD's symmetric sampling)
+        demo_sample_ratio=0.5,
+        # (int) with a co-trained reward model: rescore the demos every this many iterations
+        demo_rescore_every=10,
+    )),
 )
 
 # ---- the ResNet reward ----------------------------------------------------------------------------
@@ -156,8 +166,10 @@ def make_config(exp_name, policy, policy_type, env_manager='subprocess', reward_
         policy=dict(type=policy_type, import_names=['ding_ext.rlpd_policy' if policy_type.startswith('rlpd')
                                                     else 'ding_ext.policies']),
     )
-    if policy_type.startswith(('sac', 'rlpd')):
+    if policy_type.startswith('sac'):
         create['replay_buffer'] = dict(type='naive')
+    if policy_type.startswith('rlpd'):  # naive buffer + demonstrations, half of every batch
+        create['replay_buffer'] = dict(type='demo_mix', import_names=['ding_ext.demo_replay_buffer'])
     if reward_model is not None:
         create['reward_model'] = dict(type=reward_model['type'], import_names=reward_model['import_names'])
     return EasyDict(main), EasyDict(create)

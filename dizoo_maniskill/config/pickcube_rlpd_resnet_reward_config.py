@@ -9,12 +9,13 @@ per-step classifier reward is the only signal of success it gets. Needs:
     # a classifier for this env's reward camera at reward_model.checkpoint_path, e.g. as `make demo` trains it
     python dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py
     ding -m serial_reward_model -c dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py -s 0
-    ding-reward -c dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py --offpolicy
+    ding-reward -c dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py --env-step 30000
 
 Without the ``reward_model`` block the same config learns from the env's sparse success reward (the oracle
 that ``bench/pickcube_learned_reward.py`` compares against).
 """
 from dizoo_maniskill.config.pickcube_base import RESNET_REWARD, RLPD, RLPD_ENV, make_config
+from entry.serial_entry_reward_model import demo_env_metadata
 
 max_env_step = 30000
 main_config, create_config = make_config(
@@ -26,15 +27,9 @@ main_config, create_config = make_config(
         checkpoint_path='pickcube_rlpd_reward_model/best_model.safetensors',
         pretrain_data_dir='pickcube_rlpd_reward_data',
     ),
-    demo_buffer=dict(
-        # (str) episode_*.npz folder from `python -m dizoo_maniskill.record_demos`
-        path='pickcube_demos',
-        # (float) fraction of each batch drawn from the demos (RLPD's symmetric sampling: 0.5)
-        sample_ratio=0.5,
-        # (int) with a co-trained reward model: rescore the demos every this many iterations
-        rescore_every=10,
-    ),
 )
+# checked against the demo folder's metadata.json by DI-engine's entry too (ours fills it from env at start)
+main_config.policy.other.replay_buffer.demo_env_metadata = demo_env_metadata(main_config.env)
 pickcube_rlpd_resnet_reward_config, pickcube_rlpd_resnet_reward_create_config = main_config, create_config
 
 if __name__ == "__main__":

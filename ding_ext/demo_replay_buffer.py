@@ -1,0 +1,67 @@
+"""``demo_mix``: DI-engine's naive replay buffer plus a demo buffer, sampled symmetrically (RLPD).
+
+Registered in DI-engine's ``BUFFER_REGISTRY``, so any off-policy entry that builds its buffer with
+``create_buffer`` gets it: ours, and DI-engine's own behind ``ding -m serial_reward_model``. Every
+``sample(n)`` returns ``n - round(n * demo_sample_ratio)`` online transitions and the rest from the
+demonstrations (``ding_ext.demo_episodes``), on the keys both have.
+
+Scoring: ``entry.serial_pipeline_reward_model_offpolicy`` scores the demos with an image reward model
+once (``demos.rescore``; again after co-training rounds), as it scores online transitions when they
+enter the buffer. Unscored demos are returned with their reward images, so DI-engine's entry, which
+calls ``reward_model.estimate`` on every sampled batch, scores demo and online transitions alike.
+
+    create_config.replay_buffer = dict(type='demo_mix', import_names=['ding_ext.demo_replay_buffer'])
+    main_config.policy.other.replay_buffer = dict(replay_buffer_size=100000, demo_path='pickcube_demos',
+        demo_sample_ratio=0.5, demo_env_metadata=dict(control_mode='pd_ee_delta_pos', ...))
+"""
+from typing import Any, Dict, List, Optional
+
+from ding.utils import BUFFER_REGISTRY
+from ding.worker.replay_buffer.naive_buffer import NaiveReplayBuffer
+
+from .demo_episodes import DemoBuffer, load_demo_transitions
+
+
+@BUFFER_REGISTRY.register('demo_mix')
+class DemoMixReplayBuffer(NaiveReplayBuffer):
+    config = dict(
+        NaiveReplayBuffer.config,
+        type='demo_mix',
+        # (str) folder of episode_*.npz demonstrations (``python -m dizoo_maniskill.record_demos``)
+        demo_path=None,
+        # (float) fraction of every sampled batch taken from the demonstrations (RLPD: 0.5)
+        demo_sample_ratio=0.5,
+        # (int|None) use the first N episodes of the folder (sorted by name)
+        demo_max_episodes=None,
+        # (dict) env settings the demos must have been recorded with (checked against the folder's metadata.json)
+        demo_env_metadata={},
+        # (int) seed of the demo sampling
+        demo_seed=0,
+    )
+
+    def __init__(self, cfg: Any, tb_logger: Any = None, exp_name: Optional[str] = 'default_experiment',
+                 instance_name: Optional[str] = 'buffer') -> None:
+        super().__init__(cfg, tb_logger, exp_name, instance_name)
+        if not cfg.get('demo_path'):
+            raise ValueError("replay_buffer type 'demo_mix' needs demo_path (a folder of recorded demo episodes)")
+        self.demo_ratio = float(cfg.get('demo_sample_ratio', 0.5))
+        if not 0.0 < self.demo_ratio < 1.0:
+            raise ValueError(f"replay_buffer.demo_sample_ratio must be in (0, 1), got {self.demo_ratio}")
+        transitions = load_demo_transitions(cfg.demo_path, dict(cfg.get('demo_env_metadata') or {}),
+                                            cfg.get('demo_max_episodes'))
+        self.demos = DemoBuffer(transitions, seed=int(cfg.get('demo_seed', 0)))
+
+    def sample(self, size: int, cur_learner_iter: int, sample_range: slice = None,
+               replace: bool = False) -> Optional[List[Dict[str, Any]]]:
+        n_demo = int(round(size * self.demo_ratio))
+        online = super().sample(size - n_demo, cur_learner_iter, sample_range, replace)
+        if online is None:
+            return None
+        demos = self.demos.sample(n_demo)
+        # the learner's collate needs one set of keys: this buffer adds its own (collect_iter, replay_unique_id, ...)
+        keys = set(online[0]) & set(demos[0])
+
+        def project(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+            return [t if len(t) == len(keys) else {k: t[k] for k in keys} for t in batch]
+
+        return project(online) + project(demos)

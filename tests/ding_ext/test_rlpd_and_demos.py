@@ -1,0 +1,132 @@
+"""RLPD policy (LayerNorm critic ensemble, subset-min TD target) and the demo episode files / buffer."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from ding.utils import deep_merge_dicts
+from easydict import EasyDict
+
+from ding_ext.demo_episodes import DemoBuffer, episode_names, load_demo_transitions, read_episode, write_episode, \
+    write_metadata
+from ding_ext.rlpd_policy import RLPDActorCritic, RLPDPolicy
+
+OBS, ACT = 6, 2
+
+
+def make_policy(**learn):
+    cfg = dict(type='rlpd', cuda=False, model=dict(obs_shape=OBS, action_shape=ACT, num_critics=4, hidden_size=32),
+               learn=dict(batch_size=32, discount_factor=0.5, **learn))
+    cfg = EasyDict(deep_merge_dicts(RLPDPolicy.default_config(), cfg))
+    return RLPDPolicy(cfg, enable_field=['learn', 'collect', 'eval'])
+
+
+def batch(n=32, reward=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [dict(obs=torch.randn(OBS, generator=g), next_obs=torch.randn(OBS, generator=g),
+                 action=torch.rand(ACT, generator=g) * 2 - 1, reward=torch.tensor([reward]), done=False)
+            for _ in range(n)]
+
+
+def test_critic_ensemble_has_layer_norm_and_independent_members():
+    model = RLPDActorCritic(OBS, ACT, num_critics=5, hidden_size=16)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in model.critic.modules()) == 2
+    q = model({'obs': torch.randn(7, OBS), 'action': torch.rand(7, ACT)}, mode='compute_critic')['q_value']
+    assert q.shape == (5, 7)
+    assert not torch.allclose(q[0], q[1])  # members initialised independently
+    mu, sigma = model(torch.randn(3, OBS), mode='compute_actor')['logit']
+    assert mu.shape == sigma.shape == (3, ACT) and (sigma > 0).all()
+    with pytest.raises(ValueError, match='num_critics >= 2'):
+        RLPDActorCritic(OBS, ACT, num_critics=1)
+
+
+def test_bad_critic_subset_is_rejected():
+    with pytest.raises(ValueError, match='critic_subset'):
+        make_policy(critic_subset=5)
+
+
+def test_learning_fits_the_bootstrapped_value_and_actor_follows_the_critic():
+    torch.manual_seed(0)
+    policy = make_policy(critic_subset=2, learning_rate_q=3e-3, learning_rate_policy=3e-3)
+    data = batch(reward=1.0)
+    first = policy.learn_mode.forward(data)
+    for _ in range(300):
+        out = policy.learn_mode.forward(data)
+    # r = 1 every step, gamma 0.5, bootstrapping through done (ignore_done): Q -> 1 / (1 - 0.5) = 2 (minus entropy)
+    assert out['critic_loss'] < first['critic_loss']
+    assert 1.2 < out['q_value'] < 2.8, out
+    for key in ('critic_loss', 'policy_loss', 'alpha', 'td_error', 'target_q_value'):
+        assert np.isfinite(out[key])
+    assert len(out['priority']) == len(data)
+    state = policy.learn_mode.state_dict()
+    assert {'model', 'target_model', 'optimizer_q', 'optimizer_policy'} <= set(state)
+    action = policy.collect_mode.forward({0: torch.randn(OBS)})[0]['action']
+    assert action.shape == (ACT, ) and action.abs().max() <= 1
+
+
+def _episode(T=5, with_images=True, success_at=3):
+    ep = dict(obs=np.random.rand(T, OBS).astype(np.float32), next_obs=np.random.rand(T, OBS).astype(np.float32),
+              action=np.random.rand(T, ACT).astype(np.float32), reward=np.arange(T, dtype=np.float32),
+              done=np.arange(T) == T - 1, success=np.arange(T) >= success_at)
+    if with_images:
+        ep['image'] = np.random.randint(0, 255, (T, 8, 8, 3), dtype=np.uint8)
+        ep['image_step'] = np.arange(T)
+    return ep
+
+
+def test_demo_episodes_roundtrip_metadata_check_and_bad_files(tmp_path):
+    d = str(tmp_path / 'demos')
+    write_metadata(d, dict(control_mode='pd_ee_delta_pos', env_image_size=[3, 8, 8]))
+    write_episode(d, 's1', _episode())
+    write_episode(d, 's2', _episode(T=3, with_images=False))
+    assert episode_names(d) == ['s1', 's2']
+    assert not [f for f in os.listdir(d) if f.startswith('.') or f.endswith('.tmp')]  # atomic: no leftovers
+    trs = load_demo_transitions(d, dict(control_mode='pd_ee_delta_pos', show_goal_site=True))
+    assert len(trs) == 8
+    assert trs[0]['reward'].shape == (1, ) and trs[4]['done'] and not trs[3]['done']
+    assert [t['success'] for t in trs[:5]] == [False, False, False, True, True]
+    assert all('reward_image' in t for t in trs[:5]) and not any('reward_image' in t for t in trs[5:])
+    assert trs[0]['frame_info']['source'] == 'demo'
+    with pytest.raises(ValueError, match="control_mode"):
+        load_demo_transitions(d, dict(control_mode='pd_joint_delta_pos'))
+    with pytest.raises(ValueError, match="control_mode"):
+        write_metadata(d, dict(control_mode='pd_joint_delta_pos', env_image_size=[3, 8, 8]))
+    with pytest.raises(ValueError, match="different lengths"):
+        write_episode(d, 'bad', dict(_episode(), reward=np.zeros(2)))
+    with open(os.path.join(d, 'episode_s3.npz'), 'wb') as f:
+        f.write(b'not a zip file')
+    with pytest.raises(ValueError, match='episode_s3.npz'):
+        load_demo_transitions(d)
+    with pytest.raises(FileNotFoundError, match='no episode'):
+        load_demo_transitions(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='not found'):
+        load_demo_transitions(str(tmp_path / 'missing'))
+    assert read_episode(os.path.join(d, 'episode_s1.npz'))['image'].shape == (5, 8, 8, 3)
+
+
+def test_demo_buffer_samples_scored_copies_and_rescores():
+    from tests.ding_ext.helpers import force_probability, make_model
+    trs = [dict(obs=np.zeros(OBS, np.float32), reward=np.asarray([5.0], np.float32), done=i == 9, success=i % 2 == 0,
+                reward_image=np.full((8, 8, 3), i, np.uint8), frame_info={}) for i in range(10)]
+    buf = DemoBuffer(trs, seed=0)
+    assert len(buf) == 10 and buf.success_fraction() == 0.5
+    # unscored: the recorded transitions, images included (a model that scores sampled batches scores them)
+    assert all('reward_image' in t and float(t['reward'][0]) == 5.0 for t in buf.sample(20))
+    buf.rescore(None)  # the env reward, without the images
+    assert all('reward_image' not in t and float(t['reward'][0]) == 5.0 for t in buf.sample(20))
+    model = make_model(reward_mode='per_step', success_reward=1.0, fail_reward=0.0)
+    force_probability(model, 0.9)
+    buf.rescore(model)
+    sample = buf.sample(400)
+    assert len(sample) == 400 and all(float(t['reward'].reshape(-1)[0]) == 1.0 for t in sample)
+    assert all('reward_image' not in t for t in sample)
+    force_probability(model, 0.1)  # a co-trained model changed: rescoring follows it
+    buf.rescore(model)
+    assert all(float(t['reward'].reshape(-1)[0]) == 0.0 for t in buf.sample(50))
+    assert 'reward_image' in buf.raw[0]  # kept for the next rescore
+    terminal = make_model(reward_mode='terminal', success_reward=1.0, fail_reward=0.0)
+    force_probability(terminal, 0.9)
+    buf.rescore(terminal)  # terminal: only the episode's last (done) transition is scored
+    assert [float(t['reward'].reshape(-1)[0]) for t in buf.scored] == [0.0] * 9 + [1.0]
+    with pytest.raises(ValueError):
+        DemoBuffer([])
