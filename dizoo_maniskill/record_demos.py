@@ -39,7 +39,7 @@ def record_demos(demo_dir: str, seeds: Sequence[int], env_cfg: Dict[str, Any], w
                  progress: bool = True, **kwargs: Any) -> Dict[str, int]:
     """Record the seeds not yet in ``demo_dir``; returns counts of recorded, skipped (present) and failed seeds."""
     from tqdm import tqdm
-    from entry.serial_entry_reward_model import demo_env_metadata
+    from entry.experiment_config import demo_env_metadata
     write_metadata(demo_dir, demo_env_metadata(env_cfg))
     present = set(episode_names(demo_dir))
     todo = [int(s) for s in seeds if f's{int(s)}' not in present]

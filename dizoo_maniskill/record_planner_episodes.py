@@ -29,7 +29,7 @@ def write_frames(save_dir: str, env_cfg: dict, make_frames: Callable[[], Iterabl
     """Write every frame ``make_frames()`` returns (dicts with image, success, frame_info, source, as the planner and
     ``failure_frames`` give them) into ``save_dir``; returns the counts written per class. The folder's
     ``metadata.json`` is checked against ``env_cfg`` before ``make_frames`` runs."""
-    from entry.serial_entry_reward_model import env_metadata
+    from entry.experiment_config import env_metadata
     writer = LabelledImageWriter(save_dir, target_success=10 ** 9, target_failure=10 ** 9, sample_rate_success=1.0,
                                  sample_rate_fail=1.0, metadata=env_metadata(env_cfg), progress=False)
     written = {'success': 0, 'failure': 0}
@@ -61,10 +61,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--frame-stride', type=int, default=3, help='record every k-th step (and every step near the goal)')
     p.add_argument('--hold-steps', type=int, default=15, help='steps held at the goal after the pick-and-place')
     p.add_argument('--retreat-dist', type=float, default=0.1, help='carry the cube this far (m) from the goal after the hold; 0 = off')
+    p.add_argument('--config', default=None,
+                   help="record with the env of this RL config (e.g. dizoo_maniskill/config/"
+                        "pickcube_rlpd_resnet_reward_config.py); default: the PPO recipe's env")
     p.add_argument('--show-goal-site', type=int, choices=(0, 1), default=None,
                    help="override the recipe's show_goal_site (it must match the folder's metadata.json)")
     args = p.parse_args(argv)
-    env_cfg = {} if args.show_goal_site is None else dict(show_goal_site=bool(args.show_goal_site))
+    env_cfg = {}
+    if args.config:
+        from ding.config import read_config
+        env_cfg = dict(read_config(args.config)[0].env)
+    if args.show_goal_site is not None:
+        env_cfg['show_goal_site'] = bool(args.show_goal_site)
     counts = record_planner_episodes(args.save_dir, args.seeds, env_cfg, workers=args.workers,
                                      frame_stride=args.frame_stride, hold_steps=args.hold_steps,
                                      retreat_dist=args.retreat_dist)

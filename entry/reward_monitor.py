@@ -65,6 +65,8 @@ class RewardMonitor:
             'env_accuracy': float((pred == y).mean()),
             'env_success_rate': float(y.mean()),
             'predicted_success_rate': float(pred.mean()),
+            # counts, to pool precision and recall over a run
+            'tp': float(tp), 'fp': float(fp), 'fn': float(fn), 'frames': float(len(y)),
         }
         self._check_alarm(stats['precision'], step)
         stats['hacking_alarm'] = float(self.alarm)

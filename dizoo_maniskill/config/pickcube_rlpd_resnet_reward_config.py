@@ -15,7 +15,7 @@ Without the ``reward_model`` block the same config learns from the env's sparse 
 that ``bench/pickcube_learned_reward.py`` compares against).
 """
 from dizoo_maniskill.config.pickcube_base import RESNET_REWARD, RLPD, RLPD_ENV, make_config
-from entry.serial_entry_reward_model import demo_env_metadata
+from entry.experiment_config import demo_env_metadata
 
 max_env_step = 30000
 main_config, create_config = make_config(

@@ -238,3 +238,75 @@ def test_env_managers(manager_cls, warm_renderer):
     finally:
         manager.close()
     assert images == 2
+
+
+def test_episodes_run_to_the_time_limit_without_termination_on_success():
+    """terminate_on_success=False: the planner's solution reaches success but the episode goes on to max steps."""
+    from mani_skill.examples.motionplanning.panda.solutions.pick_cube import solve
+    env = make_env(seed=3, control_mode='pd_joint_pos', max_episode_steps=300, terminate_on_success=False)
+    env.reset()
+    actions = []
+
+    class ActionRecorder(gymnasium.Wrapper):
+
+        def step(self, action):
+            actions.append(np.asarray(action, dtype=np.float32).reshape(-1))
+            return self.env.step(action)
+
+    assert not isinstance(solve(ActionRecorder(env.unwrapped_env), seed=3), int)
+    env.close()
+    env = make_env(seed=3, control_mode='pd_joint_pos', max_episode_steps=len(actions) + 5, terminate_on_success=False,
+                   reward_mode='sparse')
+    env.reset()
+    timesteps = [env.step(a) for a in actions]
+    assert timesteps[-1].info['success'] and not timesteps[-1].done and not timesteps[-1].info['terminated']
+    for _ in range(5):
+        ts = env.step(actions[-1])  # hold the last joint targets: still at the goal
+        timesteps.append(ts)
+    assert ts.done and ts.info['truncated'] and not ts.info['terminated']
+    # the sparse reward is the success flag of every step
+    assert [float(t.reward[0]) for t in timesteps] == [float(t.info['success']) for t in timesteps]
+    env.close()
+
+
+def test_static_seed_walks_a_fixed_sequence_with_vary_static_seed():
+    def first_obs(**cfg):
+        env = make_env(seed=7, dynamic_seed=False, reward_render_mode='none', **cfg)
+        obs = [env.reset().copy() for _ in range(3)]
+        env.seed(7, dynamic_seed=False)  # re-seeding restarts the sequence
+        again = env.reset().copy()
+        env.close()
+        return obs, again
+
+    same, _ = first_obs()
+    assert all(np.allclose(o, same[0]) for o in same)  # DI-engine's convention: one initial state
+    varied, again = first_obs(vary_static_seed=True)
+    assert not np.allclose(varied[0], varied[1]) and not np.allclose(varied[1], varied[2])
+    assert np.allclose(again, varied[0])
+    assert np.allclose(first_obs(vary_static_seed=True)[0][2], varied[2])  # the same states in every run
+
+
+def test_reward_camera_pose_and_fov(warm_renderer):
+    base = make_env(seed=5, show_goal_site=True, image_size=[3, 64, 64])
+    side = make_env(seed=5, show_goal_site=True, image_size=[3, 64, 64],
+                    reward_camera_pose=dict(eye=[0.45, 0.25, 0.2], target=[0.0, 0.0, 0.15]), reward_camera_fov=0.9)
+    images = []
+    for env in (base, side):
+        env.reset()
+        images.append(env.render_reward_image().astype(np.int32))
+        env.close()
+    assert images[1].shape == (64, 64, 3) and np.abs(images[0] - images[1]).mean() > 10
+    for bad, match in [(dict(reward_camera_pose=dict(eye=[0, 0, 1])), 'reward_camera_pose'),
+                       (dict(reward_camera_pose=dict(eye=[0, 0, 1], target=[0, 0, 1])), 'same point'),
+                       (dict(reward_camera_fov=4.0), 'reward_camera_fov')]:
+        env = make_env(**bad)
+        with pytest.raises(ValueError, match=match):
+            env.reset()
+        env.close()
+
+
+def test_evaluator_envs_render_no_reward_images():
+    cfgs = ManiSkillEnv.create_evaluator_env_cfg(dict(reward_render_mode='every_step', evaluator_env_num=2))
+    assert len(cfgs) == 2 and all(c['reward_render_mode'] == 'none' for c in cfgs)
+    assert ManiSkillEnv.create_collector_env_cfg(dict(reward_render_mode='every_step'))[0]['reward_render_mode'] \
+        == 'every_step'

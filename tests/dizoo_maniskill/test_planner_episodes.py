@@ -85,3 +85,15 @@ def test_seed_ranges():
     assert parse_seeds('3:6') == [3, 4, 5] and parse_seeds('1,5') == [1, 5]
     with pytest.raises(Exception):
         parse_seeds(':')
+
+
+def test_cli_records_with_the_env_of_a_config(tmp_path):
+    root = str(tmp_path / 'rlpd_data')
+    assert record_main(['--save-dir', root, '--seeds', '3', '--frame-stride', '50', '--hold-steps', '2',
+                        '--retreat-dist', '0', '--config', os.path.join(os.path.dirname(__file__), '..', '..',
+                        'dizoo_maniskill', 'config', 'pickcube_rlpd_resnet_reward_config.py')]) == 0
+    meta = json.load(open(os.path.join(root, 'metadata.json')))
+    # the RLPD env's settings, which its classifier checkpoint must carry
+    assert meta['control_mode'] == 'pd_ee_delta_pos' and meta['reward_render_mode'] == 'every_step'
+    assert meta['reward_camera_pose'] == {'eye': [0.45, 0.25, 0.2], 'target': [0.0, 0.0, 0.15]}
+    assert scan_image_folder(root).labels.sum() > 0

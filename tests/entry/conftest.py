@@ -16,7 +16,7 @@ def pickcube_images(tmp_path_factory):
     from ding_ext.image_dataset_writer import LabelledImageWriter
     from dizoo_maniskill.config.pickcube_base import ENV
     from dizoo_maniskill.envs.scripted_success import failure_frames, solved_frames
-    from entry.serial_entry_reward_model import env_metadata
+    from entry.experiment_config import env_metadata
     env_cfg = dict(ENV, **env_overrides())
     root = str(tmp_path_factory.mktemp("pickcube_images"))
     writer = LabelledImageWriter(root, 100, 100, 1.0, 1.0, metadata=env_metadata(env_cfg), progress=False)

@@ -56,7 +56,7 @@ def test_ding_reward_models_run_through_our_entries(kind, cooptrain, pretrain, t
     from ding.reward_model import ICMRewardModel, RndRewardModel
 
     from entry import serial_pipeline_reward_model_offpolicy, serial_pipeline_reward_model_onpolicy
-    from entry.serial_entry_reward_model import RERUN_CONFIG_FILE
+    from entry.experiment_config import RERUN_CONFIG_FILE
     monkeypatch.chdir(tmp_path)
     cls = RndRewardModel if kind == 'onpolicy' else ICMRewardModel
     calls = dict(train=0, estimate=0, learner=[])

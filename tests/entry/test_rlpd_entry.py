@@ -31,7 +31,7 @@ def rlpd_config(demo_dir, exp_name, reward_model=True, utd=0.5):
     import copy
 
     from dizoo_maniskill.config import pickcube_rlpd_resnet_reward_config as rlpd
-    from entry.serial_entry_reward_model import demo_env_metadata
+    from entry.experiment_config import demo_env_metadata
     main, create = copy.deepcopy(rlpd.main_config), copy.deepcopy(rlpd.create_config)
     main.exp_name = exp_name
     main.env.update(image_size=IMAGE, max_episode_steps=10, collector_env_num=1, evaluator_env_num=1,

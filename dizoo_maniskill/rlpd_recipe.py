@@ -1,0 +1,114 @@
+"""The RLPD PickCube recipe as functions, shared by `make demo` and ``bench/pickcube_learned_reward.py``.
+
+1. ``record_classifier_data``: whole motion-planned episodes (successes and the hard negatives around them),
+   every frame labelled by the env, recorded with the RL env's reward camera;
+2. ``train_classifier``: the ResNet success classifier on them, its fidelity report on the validation
+   episodes, and the threshold that reaches ``target_precision`` there stored in the checkpoint;
+3. ``record_demos``: motion-planned demonstrations in the RL control mode (``dizoo_maniskill.record_demos``);
+4. ``run_arm``: RLPD (``pickcube_rlpd_resnet_reward_config``) with one reward: the env's sparse success
+   (``oracle``), the frozen classifier (``frozen``) or the classifier co-trained on env success labels
+   (``cotrain``); returns the eval success curve against env steps and the learned reward's online
+   precision and recall against env success.
+"""
+import copy
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ARMS = ('oracle', 'frozen', 'cotrain')
+# seeds: classifier training episodes, demonstrations; RL resets use seed + 100 * k (< 10**5 + seed), evaluation
+# resets 10**7 + 1000 * seed + k (ManiSkillEnv.vary_static_seed)
+CLASSIFIER_SEED, DEMO_SEED = 10000, 500000
+MODEL_IMAGE_SIZE = [3, 64, 64]
+
+
+def env_config(**overrides: Any) -> Dict[str, Any]:
+    """The env of ``pickcube_rlpd_resnet_reward_config`` (with ``overrides``)."""
+    from dizoo_maniskill.config import pickcube_rlpd_resnet_reward_config as rlpd
+    return dict(copy.deepcopy(dict(rlpd.main_config.env)), **overrides)
+
+
+def record_classifier_data(data_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2) -> Dict[str, int]:
+    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
+    return record_planner_episodes(data_dir, range(CLASSIFIER_SEED, CLASSIFIER_SEED + episodes), env_cfg,
+                                   workers=workers)
+
+
+def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,
+                     **options: Any) -> Dict[str, Any]:
+    """The miniature classifier: the reward camera's image at 64 px, cosine schedule, last epoch kept."""
+    from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
+    from ding_ext.train_reward_model import train_reward_model
+    opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
+                early_stopping_patience=0, save_dir=save_dir, num_workers=0, target_precision=target_precision,
+                store_threshold=True)
+    opts.update(options)
+    model = {'model.arch': RESNET_REWARD['arch'], 'model.hidden_dim': RESNET_REWARD['hidden_dim'],
+             'model.image_size': MODEL_IMAGE_SIZE}
+    return train_reward_model(data_dir, **opts, **model)
+
+
+def record_demos(demo_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2) -> Dict[str, int]:
+    from dizoo_maniskill.record_demos import record_demos as record
+    return record(demo_dir, range(DEMO_SEED, DEMO_SEED + episodes), env_cfg, workers=workers)
+
+
+def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str] = None,
+               eval_every: int = 2000, **env_overrides: Any) -> Tuple[Any, Any]:
+    """``pickcube_rlpd_resnet_reward_config`` for one arm of the benchmark."""
+    from dizoo_maniskill.config import pickcube_rlpd_resnet_reward_config as rlpd
+    from ding_ext.checkpoint_io import load_checkpoint
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    main, create = copy.deepcopy(rlpd.main_config), copy.deepcopy(rlpd.create_config)
+    main.exp_name = exp_name
+    main.env.update(env_overrides)
+    main.policy.other.replay_buffer.demo_path = demo_dir
+    # train_iter counts updates: at utd_ratio 1 it follows the env steps
+    main.policy.eval.evaluator.eval_freq = int(eval_every * float(main.policy.learn.utd_ratio))
+    if arm == 'oracle':
+        main.pop('reward_model')
+        create.pop('reward_model')
+        return main, create
+    if not checkpoint or not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"arm {arm!r} needs the trained classifier; not found: {checkpoint}")
+    rm = main.reward_model
+    rm.update(checkpoint_path=os.path.abspath(checkpoint), image_size=MODEL_IMAGE_SIZE, cooptrain_reward=arm == 'cotrain')
+    if arm == 'cotrain':
+        # the stored threshold as a number: it describes the weights it was calibrated on, a start point here
+        rm.reward_threshold = float(load_checkpoint(checkpoint)[1].get('calibrated_threshold', 0.5))
+    return main, create
+
+
+def pooled_agreement(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Precision and recall of the learned reward against env success over all frames of a run."""
+    tp, fp, fn = (sum(r.get(k, 0.0) for r in rows) for k in ('tp', 'fp', 'fn'))
+    return dict(precision=tp / (tp + fp) if tp + fp else float('nan'),
+                recall=tp / (tp + fn) if tp + fn else float('nan'),
+                frames=float(sum(r.get('frames', 0.0) for r in rows)), env_successes=float(tp + fn))
+
+
+def run_arm(arm: str, exp_name: str, demo_dir: str, budget_steps: int, seed: int = 0,
+            checkpoint: Optional[str] = None, eval_every: int = 2000, **env_overrides: Any) -> Dict[str, Any]:
+    """One RLPD run; the curve is the eval success rate (``n_evaluator_episode`` episodes) against env steps."""
+    from entry import serial_pipeline_reward_model_offpolicy
+    cfg = arm_config(arm, exp_name, demo_dir, checkpoint, eval_every, **env_overrides)
+    t = time.time()
+    policy = serial_pipeline_reward_model_offpolicy(cfg, seed=seed, max_env_step=budget_steps,
+                                                    cooptrain_reward=arm == 'cotrain', pretrain_reward=False)
+    hist = policy.history
+    curve: List[Tuple[int, float]] = [(int(e['envstep']), float(e.get('success_mean', np.nan))) for e in hist['eval']]
+    return dict(arm=arm, seed=seed, exp_name=exp_name, wall_time_s=time.time() - t, budget_steps=budget_steps,
+                curve=curve, final_success=curve[-1][1] if curve else float('nan'),
+                agreement=pooled_agreement(hist.get('agreement') or []) if arm != 'oracle' else None,
+                eval_episodes=int(cfg[0].env.n_evaluator_episode))
+
+
+def steps_to_reach(curve: Sequence[Tuple[int, float]], level: float) -> Optional[int]:
+    """The first evaluated env step whose success rate is at least ``level`` (None when none is)."""
+    for step, success in curve:
+        if success >= level:
+            return int(step)
+    return None

@@ -1,0 +1,35 @@
+"""The RLPD recipe's arm configs and run summaries (the runs themselves are tested in tests/entry/test_rlpd_entry.py)."""
+import math
+
+import pytest
+
+from dizoo_maniskill.rlpd_recipe import arm_config, pooled_agreement, steps_to_reach
+
+
+def test_arm_configs(tmp_path):
+    from tests.ding_ext.helpers import make_model
+    ckpt = make_model(env_metadata={'control_mode': 'pd_ee_delta_pos'}).save(str(tmp_path / 'c.safetensors'))
+    oracle, oracle_create = arm_config('oracle', 'o', 'demos', eval_every=500)
+    assert 'reward_model' not in oracle and 'reward_model' not in oracle_create
+    assert oracle.env.reward_mode == 'sparse' and oracle.env.terminate_on_success is False
+    assert oracle.policy.other.replay_buffer.demo_path == 'demos' and oracle_create.replay_buffer.type == 'demo_mix'
+    assert oracle.policy.eval.evaluator.eval_freq == 500
+    frozen, _ = arm_config('frozen', 'f', 'demos', checkpoint=ckpt, max_episode_steps=20)
+    assert frozen.reward_model.cooptrain_reward is False and frozen.reward_model.reward_threshold == 'auto'
+    assert frozen.reward_model.reward_mode == 'per_step' and frozen.env.max_episode_steps == 20
+    cotrain, _ = arm_config('cotrain', 'c', 'demos', checkpoint=ckpt)
+    assert cotrain.reward_model.cooptrain_reward is True and cotrain.reward_model.reward_threshold == 0.5
+    with pytest.raises(FileNotFoundError, match='classifier'):
+        arm_config('frozen', 'f', 'demos', checkpoint=str(tmp_path / 'missing.safetensors'))
+    with pytest.raises(ValueError, match='unknown arm'):
+        arm_config('dense', 'd', 'demos')
+
+
+def test_steps_to_reach_and_pooled_agreement():
+    curve = [(0, 0.0), (2000, 0.4), (4000, 0.95), (6000, 0.85)]
+    assert steps_to_reach(curve, 0.9) == 4000 and steps_to_reach(curve, 0.4) == 2000
+    assert steps_to_reach(curve, 0.99) is None
+    rows = [dict(tp=3, fp=1, fn=0, frames=10), dict(tp=1, fp=0, fn=2, frames=10)]
+    a = pooled_agreement(rows)
+    assert a['precision'] == pytest.approx(0.8) and a['recall'] == pytest.approx(4 / 6) and a['frames'] == 20
+    assert math.isnan(pooled_agreement([dict(tp=0, fp=0, fn=0, frames=5)])['precision'])
