@@ -3,7 +3,7 @@
 Registered in DI-engine's ``BUFFER_REGISTRY``, so any off-policy entry that builds its buffer with
 ``create_buffer`` gets it: ours, and DI-engine's own behind ``ding -m serial_reward_model``. Every
 ``sample(n)`` returns ``n - round(n * demo_sample_ratio)`` online transitions and the rest from the
-demonstrations (``ding_ext.demo_episodes``), on the keys both have.
+demonstrations (``ding_ext.demo_episodes``), on the keys both have, each marked ``is_demo``.
 
 Scoring: ``entry.serial_pipeline_reward_model_offpolicy`` scores the demos with an image reward model
 once (``demos.rescore``; again after co-training rounds), as it scores online transitions when they
@@ -20,6 +20,9 @@ from ding.utils import BUFFER_REGISTRY
 from ding.worker.replay_buffer.naive_buffer import NaiveReplayBuffer
 
 from .demo_episodes import DemoBuffer, load_demo_transitions
+
+# set on every sampled transition: True for demonstrations
+DEMO_KEY = 'is_demo'
 
 
 @BUFFER_REGISTRY.register('demo_mix')
@@ -58,10 +61,8 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
         if online is None:
             return None
         demos = self.demos.sample(n_demo)
-        # the learner's collate needs one set of keys: this buffer adds its own (collect_iter, replay_unique_id, ...)
-        keys = set(online[0]) & set(demos[0])
-
-        def project(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-            return [t if len(t) == len(keys) else {k: t[k] for k in keys} for t in batch]
-
-        return project(online) + project(demos)
+        # the learner's collate needs one set of keys: this buffer adds its own (collect_iter, replay_unique_id, ...);
+        # DEMO_KEY marks the demonstrations (for a policy's behaviour-cloning term)
+        keys = (set(online[0]) & set(demos[0])) - {DEMO_KEY}
+        return [dict({k: t[k] for k in keys}, **{DEMO_KEY: False}) for t in online] + \
+            [dict({k: t[k] for k in keys}, **{DEMO_KEY: True}) for t in demos]

@@ -125,6 +125,9 @@ class RLPDPolicy(SACPolicy):
             utd_ratio=None,
             # (bool) Time-limit truncations are not terminal: bootstrap through ``done`` (fixed-horizon tasks).
             ignore_done=True,
+            # (float) Weight of a behaviour-cloning term on the demonstrations of each batch (squared error between
+            # the actor's mean action and the demo action, for transitions marked ``is_demo``); 0 = plain RLPD.
+            bc_weight=0.0,
         ),
     )
 
@@ -136,6 +139,7 @@ class RLPDPolicy(SACPolicy):
         super()._init_learn()
         n = self._model.critic.n
         self._critic_subset = int(self._cfg.learn.critic_subset)
+        self._bc_weight = float(self._cfg.learn.get('bc_weight', 0.0))
         if not 1 <= self._critic_subset <= n:
             raise ValueError(f"learn.critic_subset must be in [1, num_critics={n}], got {self._critic_subset}")
 
@@ -166,11 +170,18 @@ class RLPDPolicy(SACPolicy):
         action, log_prob = _squashed_sample(mu, sigma)
         q_pi = self._learn_model.forward({'obs': obs, 'action': action}, mode='compute_critic')['q_value'].mean(0)
         policy_loss = (self._alpha * log_prob - q_pi).mean()
+        bc_loss = None
+        if self._bc_weight > 0 and 'is_demo' in data and bool(data['is_demo'].any()):
+            demo = data['is_demo'].bool().reshape(-1)
+            bc_loss = (torch.tanh(mu[demo]) - data['action'][demo]).pow(2).sum(-1).mean()
+            policy_loss = policy_loss + self._bc_weight * bc_loss
         self._optimizer_policy.zero_grad()
         policy_loss.backward()
         self._optimizer_policy.step()
 
         out = {'critic_loss': critic_loss.item(), 'policy_loss': policy_loss.item()}
+        if bc_loss is not None:
+            out['bc_loss'] = bc_loss.item()
         if self._auto_alpha:
             entropy_gap = (log_prob + self._target_entropy).detach()
             alpha_param = self._log_alpha if self._log_space else self._alpha
@@ -201,7 +212,7 @@ class RLPDPolicy(SACPolicy):
     def _monitor_vars_learn(self) -> List[str]:
         keys = ['critic_loss', 'policy_loss', 'total_loss', 'cur_lr_q', 'cur_lr_p', 'td_error', 'alpha',
                 'target_q_value', 'q_value', 'transformed_log_prob']
-        return keys + (['alpha_loss'] if self._auto_alpha else [])
+        return keys + (['alpha_loss'] if self._auto_alpha else []) + (['bc_loss'] if self._bc_weight > 0 else [])
 
 
 @POLICY_REGISTRY.register('rlpd_command')

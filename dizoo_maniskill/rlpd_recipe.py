@@ -71,6 +71,7 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
     if arm == 'oracle':
         main.pop('reward_model')
         create.pop('reward_model')
+        main.env.reward_render_mode = 'none'  # nothing scores images: rendering would only cost time
         return main, create
     if not checkpoint or not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"arm {arm!r} needs the trained classifier; not found: {checkpoint}")

@@ -130,3 +130,25 @@ def test_demo_buffer_samples_scored_copies_and_rescores():
     assert [float(t['reward'].reshape(-1)[0]) for t in buf.scored] == [0.0] * 9 + [1.0]
     with pytest.raises(ValueError):
         DemoBuffer([])
+
+
+def test_behaviour_cloning_term_pulls_the_actor_to_demo_actions():
+    torch.manual_seed(0)
+    data = batch(n=32, reward=0.0)
+    target = torch.tensor([0.7, -0.4])
+    for i, t in enumerate(data):
+        t['is_demo'] = i % 2 == 0
+        if t['is_demo']:
+            t['action'] = target.clone()
+    demo_obs = torch.stack([t['obs'] for t in data if t['is_demo']])
+
+    def demo_error(policy):
+        mu, _ = policy._model(demo_obs, mode='compute_actor')['logit']
+        return (torch.tanh(mu) - target).abs().mean().item()
+
+    plain, cloned = make_policy(learning_rate_policy=3e-3), make_policy(learning_rate_policy=3e-3, bc_weight=2.0)
+    start = demo_error(cloned)
+    for _ in range(150):
+        out_plain, out = plain.learn_mode.forward(data), cloned.learn_mode.forward(data)
+    assert 'bc_loss' not in out_plain and out['bc_loss'] < 0.05
+    assert demo_error(cloned) < 0.15 < start and demo_error(cloned) < demo_error(plain)

@@ -6,12 +6,18 @@ import pytest
 from dizoo_maniskill.rlpd_recipe import arm_config, pooled_agreement, steps_to_reach
 
 
+def frozen_render_mode():
+    from dizoo_maniskill.config import pickcube_rlpd_resnet_reward_config as rlpd
+    return rlpd.main_config.env.reward_render_mode
+
+
 def test_arm_configs(tmp_path):
     from tests.ding_ext.helpers import make_model
     ckpt = make_model(env_metadata={'control_mode': 'pd_ee_delta_pos'}).save(str(tmp_path / 'c.safetensors'))
     oracle, oracle_create = arm_config('oracle', 'o', 'demos', eval_every=500)
     assert 'reward_model' not in oracle and 'reward_model' not in oracle_create
     assert oracle.env.reward_mode == 'sparse' and oracle.env.terminate_on_success is False
+    assert oracle.env.reward_render_mode == 'none' and frozen_render_mode() == 'every_step'
     assert oracle.policy.other.replay_buffer.demo_path == 'demos' and oracle_create.replay_buffer.type == 'demo_mix'
     assert oracle.policy.eval.evaluator.eval_freq == 500
     frozen, _ = arm_config('frozen', 'f', 'demos', checkpoint=ckpt, max_episode_steps=20)
