@@ -1,5 +1,8 @@
 """Motion-planned demonstrations converted to the RLPD control mode, on the real env: they end in success, carry a
 reward image per step, replay to success open-loop, and a recording resumes. No mocks."""
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -58,9 +61,33 @@ def test_recording_resumes_and_checks_the_env(demos):
     root, _ = demos
     again = record_demos(root, SEEDS + [500002], ENV_CFG, workers=1, progress=False)
     assert again['skipped'] == 2 and again['recorded'] + again['failed'] == 1
+    # seed 500007 does not end in success with these options: remembered, not retried
+    assert record_demos(root, [500007], ENV_CFG, progress=False) == dict(recorded=0, skipped=0, failed=1)
+    assert record_demos(root, [500007], ENV_CFG, progress=False) == dict(recorded=0, skipped=1, failed=0)
+    assert 500007 in list(json.load(open(os.path.join(root, 'failed_seeds.json'))).values())[0]
+    # other options: tried again
+    assert record_demos(root, [500007], ENV_CFG, progress=False, hold_steps=3)['skipped'] == 0
     with pytest.raises(ValueError, match='control_mode'):
         record_demos(root, SEEDS, dict(ENV_CFG, control_mode='pd_joint_delta_pos'), progress=False)
     with pytest.raises(ValueError, match='planner demos convert'):
         record_demos(str(root) + '_abs', [500003], dict(ENV_CFG, control_mode='pd_joint_pos'), progress=False)
     transitions = load_demo_transitions(root, dict(control_mode='pd_ee_delta_pos'))
     assert sum(t['done'] for t in transitions) == len(episode_names(root))
+
+
+def test_scripted_expert_demos_succeed_and_hold(tmp_path):
+    """The closed-loop scripted expert: whole episodes that reach the goal early and stay there."""
+    root = str(tmp_path / 'scripted')
+    counts = record_demos(root, [500000, 500007], ENV_CFG, progress=False, source='scripted')
+    assert counts == dict(recorded=2, skipped=0, failed=0)  # 500007 fails the planner, not the expert
+    ep = read_episode(episode_path(root, 's500007'))
+    T = ENV_CFG['max_episode_steps']
+    assert len(ep['obs']) == T and ep['image'].shape[0] == T and ep['done'].tolist() == [False] * (T - 1) + [True]
+    first = int(np.argmax(ep['success']))
+    assert 0 < first < T // 2 and ep['success'][first:].all()  # reached early, then held
+    assert np.abs(ep['action']).max() <= 1.0 and set(np.unique(ep['action'][:, 3])) <= {-1.0, 1.0}
+    with pytest.raises(ValueError, match='pd_ee_delta_pos'):
+        record_demos(str(tmp_path / 'joint'), [500000], dict(ENV_CFG, control_mode='pd_joint_delta_pos'),
+                     progress=False, source='scripted')
+    with pytest.raises(ValueError, match='demo source'):
+        record_demos(root, [500000], ENV_CFG, progress=False, source='teleop')

@@ -1,13 +1,16 @@
-"""Motion-planned PickCube episodes as RL demonstrations in the training control mode.
+"""PickCube demonstrations for RL, recorded in the training control mode through ``ManiSkillEnv``.
 
-ManiSkill's motion planner drives the Panda with absolute joint targets (``pd_joint_pos``). For each seed,
-the planner's actions are recorded, then ManiSkill's controller conversion
-(``mani_skill.trajectory.utils.actions.conversion.from_pd_joint_pos``, what ``replay_trajectory -c``
-uses) replays them from the same initial state in the training env's control mode (e.g.
-``pd_ee_delta_pos``). Every step of that replay is recorded through ``ManiSkillEnv``: the flat state
-observation, the converted action, the env reward and success flag, and the reward-camera frame, so a
-demonstration looks exactly like an online transition. The episode is then held still at the goal
-(the arm's zero action, gripper closed) for ``hold_steps``, and kept only when it ends in success.
+Two sources, both giving episodes whose steps look exactly like online transitions (flat state observation,
+action, env reward and success flag, reward-camera frame), kept only when they end in success:
+
+- ``record_demo_episode``: ManiSkill's motion planner. It drives the Panda with absolute joint targets
+  (``pd_joint_pos``); its actions are recorded, then ManiSkill's controller conversion
+  (``mani_skill.trajectory.utils.actions.conversion.from_pd_joint_pos``, what ``replay_trajectory -c`` uses)
+  replays them from the same initial state in the training env's control mode (e.g. ``pd_ee_delta_pos``). The
+  episode is then held still at the goal (the arm's zero action, gripper closed) for ``hold_steps``. The
+  planner's episodes are open-loop plans: good RL data, hard to imitate.
+- ``record_scripted_episode``: ``pickcube_expert_action``, a closed-loop expert in ``pd_ee_delta_pos`` (a
+  function of the current state: above the cube, down, close, carry to the goal, stay), for the whole episode.
 """
 from typing import Any, Dict, List, Optional
 
@@ -87,8 +90,11 @@ def record_demo_episode(env: ManiSkillEnv, planner_env: gymnasium.Env, seed: int
     hold[-1] = recorder.rows[-1]['action'][-1]  # keep the gripper command (closed on the cube)
     for _ in range(int(hold_steps)):
         recorder.step(hold)
-    rows = recorder.rows
-    if not rows[-1]['success']:
+    return _episode_arrays(recorder.rows, seed, with_images)
+
+
+def _episode_arrays(rows: List[Dict[str, Any]], seed: int, with_images: bool) -> Optional[Dict[str, np.ndarray]]:
+    if not rows or not rows[-1]['success']:
         return None
     episode = {k: np.stack([r[k] for r in rows]) for k in ('obs', 'action', 'next_obs')}
     episode['reward'] = np.asarray([r['reward'] for r in rows], np.float32)
@@ -107,3 +113,43 @@ def make_planner_env(env_cfg: Dict[str, Any]) -> gymnasium.Env:
     import mani_skill.envs  # noqa: F401
     return gymnasium.make(env_cfg['env_id'], obs_mode='state', control_mode=PLANNER_CONTROL_MODE,
                           sim_backend='cpu', render_backend='none', max_episode_steps=10 ** 6)
+
+
+def _position(pose: Any) -> np.ndarray:
+    return pose.p[0].cpu().numpy() if hasattr(pose.p, 'cpu') else np.asarray(pose.p).reshape(-1)
+
+
+def pickcube_expert_action(base: Any, gain: float = 10.0) -> np.ndarray:
+    """A closed-loop PickCube expert for ``pd_ee_delta_pos`` (xyz deltas in [-1, 1] = +-10 cm, gripper 1 open / -1
+    closed), a function of the current state only: above the cube, down, close, carry to the goal, stay there."""
+    tcp, cube, goal = _position(base.agent.tcp.pose), _position(base.cube.pose), _position(base.goal_site.pose)
+
+    def move(target: np.ndarray, grip: float) -> np.ndarray:
+        return np.concatenate([np.clip((target - tcp) * gain, -1, 1), [grip]]).astype(np.float32)
+
+    if bool(_item(base.agent.is_grasping(base.cube))):
+        return move(goal, -1.0)
+    dist_xy = np.linalg.norm(tcp[:2] - cube[:2])
+    if dist_xy > 0.03:  # above the cube first, never through it
+        return move(np.array([cube[0], cube[1], max(cube[2] + 0.05, tcp[2])]), 1.0)
+    if dist_xy > 0.01:
+        return move(np.array([cube[0], cube[1], cube[2] + 0.03]), 1.0)
+    if tcp[2] - cube[2] > 0.005:
+        return move(cube, 1.0)
+    return move(cube, -1.0)
+
+
+def record_scripted_episode(env: ManiSkillEnv, seed: int, episode_steps: int = 50,
+                            with_images: bool = True) -> Optional[Dict[str, np.ndarray]]:
+    """One episode of ``pickcube_expert_action`` from the initial state of ``seed`` (``pd_ee_delta_pos`` only): every
+    step recorded as in ``record_demo_episode``; None when it does not end in success."""
+    if env._cfg.control_mode != 'pd_ee_delta_pos':
+        raise ValueError(f"the scripted PickCube expert acts in pd_ee_delta_pos, not {env._cfg.control_mode!r}")
+    if env.unwrapped_env is None:
+        env.reset()
+    obs, _ = env.unwrapped_env.reset(seed=seed)
+    recorder = _TransitionRecorder(env, obs, with_images)
+    base = env.unwrapped_env.unwrapped
+    for _ in range(int(episode_steps)):
+        recorder.step(pickcube_expert_action(base))
+    return _episode_arrays(recorder.rows, seed, with_images)
