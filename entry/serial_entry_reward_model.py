@@ -10,8 +10,13 @@ Compared with DI-engine 0.5.3's ``serial_pipeline_reward_model_onpolicy/offpolic
 - policy resume from ``policy.resume_dir`` (an experiment directory) or ``policy.load_path``;
 - per-iteration agreement between the learned reward and env success (``reward_model/precision``,
   ``reward_model/recall``, ``reward_model/env_accuracy``), a reward-hacking alarm and hard-negative
-  mining (``entry.reward_monitor``).
+  mining (``entry.reward_monitor``);
+- off-policy: an image reward scores each transition once, as it enters the replay buffer; a ``demo_mix`` buffer
+  (``ding_ext.demo_replay_buffer``) gets its demos scored once at start; ``policy.learn.utd_ratio`` sets the
+  updates per collected env step (RLPD);
+- ``<exp_name>/rerun_config.py``: a config that repeats the run (``entry.experiment_config``).
 
+Any reward model of DI-engine's registry runs; the image-specific steps apply to image reward models only.
 Rewards reach the learner only through ``reward_model.estimate()``.
 """
 import os
