@@ -14,7 +14,6 @@ resumed: names already present are skipped. Sources: ManiSkill motion-planner ep
 the training control mode (``dizoo_maniskill.record_demos``), teleoperated robot episodes.
 """
 import glob
-import json
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
@@ -22,11 +21,10 @@ import numpy as np
 import torch
 
 from .checkpoint_io import atomic_write, check_metadata, write_json_atomic
-from .transitions import FRAME_INFO_KEY
+from .image_folder_dataset import METADATA_FILE, read_metadata
+from .transitions import FRAME_INFO_KEY, IMAGE_KEY, strip_images
 
-METADATA_FILE = 'metadata.json'
 REQUIRED_KEYS = ('obs', 'next_obs', 'action', 'reward', 'done', 'success')
-IMAGE_KEY = 'reward_image'
 
 
 def episode_path(demo_dir: str, name: str) -> str:
@@ -63,14 +61,6 @@ def write_metadata(demo_dir: str, metadata: Mapping[str, Any]) -> None:
         return
     os.makedirs(demo_dir, exist_ok=True)
     write_json_atomic(path, dict(metadata), sort_keys=True)
-
-
-def read_metadata(demo_dir: str) -> Dict[str, Any]:
-    path = os.path.join(demo_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def episode_names(demo_dir: str) -> List[str]:
@@ -150,10 +140,7 @@ class DemoBuffer:
         return len(self.raw)
 
     def rescore(self, reward_model: Any = None) -> None:
-        if reward_model is None:
-            self.scored = [{k: v for k, v in t.items() if k not in (IMAGE_KEY, FRAME_INFO_KEY)} for t in self.raw]
-        else:
-            self.scored = reward_model.estimate(self.raw)
+        self.scored = strip_images(self.raw) if reward_model is None else reward_model.estimate(self.raw)
 
     def sample(self, n: int) -> List[Dict[str, Any]]:
         source = self.raw if self.scored is None else self.scored

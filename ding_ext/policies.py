@@ -17,12 +17,9 @@ from ding.policy import PPOPolicy, SACPolicy
 from ding.policy.command_mode_policy_instance import DummyCommandModePolicy
 from ding.utils import POLICY_REGISTRY
 
-from .transitions import FRAME_INFO_KEY
+from .transitions import FRAME_INFO_KEY, IMAGE_KEY
 
-IMAGE_KEY = 'reward_image'
 SUCCESS_KEY = 'success'
-# keys the learner must not receive (its collate cannot batch images or per-frame dicts of strings)
-NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY)
 
 
 def with_reward_image(policy_cls: type) -> type:

@@ -4,8 +4,19 @@ from typing import Any, Iterable, List, Mapping, Tuple
 import numpy as np
 import torch
 
+# where a transition holds the env's reward-camera frame
+IMAGE_KEY = "reward_image"
 # where a transition holds the env's per-frame facts for the dataset sidecar (episode id, step, label facts)
 FRAME_INFO_KEY = "frame_info"
+# keys the learner must not receive (its collate cannot batch images or per-frame dicts of strings)
+NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY)
+
+
+def strip_images(data: Iterable[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them); transitions
+    without either are passed as they are."""
+    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} if any(k in t for k in NON_LEARNER_KEYS)
+            else t for t in data]
 
 
 def lookup(transition: Mapping, key: str) -> Any:

@@ -34,10 +34,6 @@ TARGET_PRECISION = 0.9
 PLANNER_EPISODES = 28
 # frames a single image cannot judge: the cube at or near the goal while the arm still moves
 AMBIGUOUS_PHASES = ['at_goal_moving', 'near_goal']
-# the miniature classifier (the recipe's configs use 128 px): the reward camera's whole image at 64 px, so that
-# training fits in minutes on 2 CPU cores
-MODEL_IMAGE_SIZE = [3, 64, 64]
-MODEL_IMAGE_CROP = None
 
 
 def _success_rate(history: Dict[str, Any]) -> float:
@@ -91,7 +87,7 @@ def _pr(m: Dict[str, Any]) -> str:
 def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     from ding_ext.evaluation import format_report
     from ding_ext.image_folder_dataset import scan_image_folder
-    from ding_ext.train_reward_model import train_reward_model
+    from dizoo_maniskill.rlpd_recipe import MODEL_IMAGE_SIZE, train_classifier
     from dizoo_maniskill.config import pickcube_ppo_collect_config as s1
     from dizoo_maniskill.config import pickcube_ppo_config as s3
     from dizoo_maniskill.config import pickcube_ppo_resnet_reward_config as s4
@@ -129,14 +125,11 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     print("[stage 2/4] training the ResNet success classifier (train/val split by episode)", flush=True)
     t = time.time()
     rm = s4.main_config.reward_model
-    rm.image_size, rm.image_crop = MODEL_IMAGE_SIZE, MODEL_IMAGE_CROP  # stage 4 builds the same network
-    result = train_reward_model(
-        data_dir, epochs=n(8), batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
-        early_stopping_patience=0, save_dir=os.path.dirname(rm.checkpoint_path), num_workers=0,
-        target_precision=TARGET_PRECISION, store_threshold=True,
-        **{'model.arch': rm.arch, 'model.hidden_dim': rm.hidden_dim, 'model.image_size': rm.image_size,
-           'model.image_crop': rm.image_crop}
-    )
+    # the miniature classifier (the recipe's configs use 128 px): the reward camera's whole image at 64 px, so that
+    # training fits in minutes on 2 CPU cores; stage 4 builds the same network
+    rm.image_size, rm.image_crop = MODEL_IMAGE_SIZE, None
+    result = train_classifier(data_dir, os.path.dirname(rm.checkpoint_path), epochs=n(8),
+                              target_precision=TARGET_PRECISION)
     print(format_report(result['report']), flush=True)
     timings['2 train classifier'] = time.time() - t
     print("[stage 2/4] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)

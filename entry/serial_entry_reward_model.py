@@ -38,8 +38,8 @@ from tensorboardX import SummaryWriter
 
 from ding_ext.demo_episodes import DemoBuffer
 from ding_ext.image_dataset_writer import LabelledImageWriter
-from ding_ext.policies import NON_LEARNER_KEYS
 from ding_ext.reward_models import BaseImageRewardModel
+from ding_ext.transitions import strip_images
 from entry.experiment_config import env_metadata, prepare_configs
 from entry.reward_monitor import RewardMonitor
 
@@ -122,13 +122,6 @@ def setup_workers(
         cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger,
         monitor
     )
-
-
-def strip_images(data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them); transitions
-    without either are passed as they are."""
-    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} if any(k in t for k in NON_LEARNER_KEYS)
-            else t for t in data]
 
 
 def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, history: Dict[str, Any]) -> None:
