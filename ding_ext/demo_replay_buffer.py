@@ -44,7 +44,7 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
 
     def __init__(self, cfg: Any, tb_logger: Any = None, exp_name: Optional[str] = 'default_experiment',
                  instance_name: Optional[str] = 'buffer') -> None:
-        super().__init__(cfg, tb_logger, exp_name, instance_name)
+        # the demos first: a bad demo folder fails before the naive buffer starts its logging thread
         if not cfg.get('demo_path'):
             raise ValueError("replay_buffer type 'demo_mix' needs demo_path (a folder of recorded demo episodes)")
         self.demo_ratio = float(cfg.get('demo_sample_ratio', 0.5))
@@ -53,6 +53,7 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
         transitions = load_demo_transitions(cfg.demo_path, dict(cfg.get('demo_env_metadata') or {}),
                                             cfg.get('demo_max_episodes'))
         self.demos = DemoBuffer(transitions, seed=int(cfg.get('demo_seed', 0)))
+        super().__init__(cfg, tb_logger, exp_name, instance_name)
 
     def sample(self, size: int, cur_learner_iter: int, sample_range: slice = None,
                replace: bool = False) -> Optional[List[Dict[str, Any]]]:

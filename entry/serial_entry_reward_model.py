@@ -80,48 +80,77 @@ def setup_workers(
     set_pkg_seed(cfg.seed, use_cuda=cfg.policy.cuda)
     policy = create_policy(cfg.policy, model=model, enable_field=['learn', 'collect', 'eval', 'command'])
     tb_logger = SummaryWriter(os.path.join('./{}/log/'.format(cfg.exp_name), 'serial'))
-    # the reward model before any env process starts: a bad reward config fails fast and leaves nothing running
-    reward_model, monitor = None, None
-    if 'reward_model' in cfg:
-        reward_model = create_reward_model(cfg.reward_model, policy.collect_mode.get_attribute('device'), tb_logger)
-        if isinstance(reward_model, BaseImageRewardModel):
-            monitor = RewardMonitor(reward_model, tb_logger, env_metadata(cfg.env))
-        elif pretrain_reward:
-            logging.warning(f"pretrain_reward: reward model {type(reward_model).__name__} has no pretraining step "
-                            "(only image reward models train on a dataset before RL); it trains during RL")
-    collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
-    evaluator_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in evaluator_env_cfg])
-    collector_env.seed(cfg.seed)
-    evaluator_env.seed(cfg.seed, dynamic_seed=False)
-    learner = BaseLearner(cfg.policy.learn.learner, policy.learn_mode, tb_logger, exp_name=cfg.exp_name)
-    collector = create_serial_collector(
-        cfg.policy.collect.collector, env=collector_env, policy=policy.collect_mode, tb_logger=tb_logger,
-        exp_name=cfg.exp_name
-    )
-    evaluator = InteractionSerialEvaluator(
-        cfg.policy.eval.evaluator, evaluator_env, policy.eval_mode, tb_logger, exp_name=cfg.exp_name
-    )
-    replay_buffer = create_buffer(cfg.policy.other.replay_buffer, tb_logger=tb_logger, exp_name=cfg.exp_name) \
-        if with_buffer else None
-    demos = getattr(replay_buffer, 'demos', None)
-    if demos is not None:  # scored once here, as online transitions are when they enter the buffer
-        demos.rescore(reward_model if isinstance(reward_model, BaseImageRewardModel) else None)
-        logging.info(f"demo buffer: {len(demos)} transitions from {cfg.policy.other.replay_buffer.demo_path}")
-    commander = BaseSerialCommander(
-        cfg.policy.other.commander, learner, collector, evaluator, replay_buffer, policy.command_mode
-    )
-    image_writer = None
-    rdc = cfg.get('reward_data_collection', None)
-    if rdc and rdc.get('enabled', False):
-        image_writer = LabelledImageWriter(
-            rdc.save_dir, rdc.get('target_success', 5000), rdc.get('target_failure', 5000),
-            rdc.get('sample_rate_success', 1.0), rdc.get('sample_rate_fail', 0.01), metadata=env_metadata(cfg.env),
-            seed=cfg.seed, tb_logger=tb_logger
+    made: List[Any] = []  # what set-up has started, closed again if a later step fails
+    replay_buffer = None
+    try:
+        # the reward model and the replay buffer (whose demos are checked against the env) before any env process
+        # starts: a bad reward or demo config fails fast and leaves nothing running
+        reward_model, monitor = None, None
+        if 'reward_model' in cfg:
+            reward_model = create_reward_model(cfg.reward_model, policy.collect_mode.get_attribute('device'),
+                                               tb_logger)
+            if isinstance(reward_model, BaseImageRewardModel):
+                monitor = RewardMonitor(reward_model, tb_logger, env_metadata(cfg.env))
+                made.append(monitor)
+            elif pretrain_reward:
+                logging.warning(f"pretrain_reward: reward model {type(reward_model).__name__} has no pretraining "
+                                "step (only image reward models train on a dataset before RL); it trains during RL")
+        if with_buffer:
+            replay_buffer = create_buffer(cfg.policy.other.replay_buffer, tb_logger=tb_logger, exp_name=cfg.exp_name)
+            made.append(replay_buffer)
+        demos = getattr(replay_buffer, 'demos', None)
+        if demos is not None:  # scored once here, as online transitions are when they enter the buffer
+            demos.rescore(reward_model if isinstance(reward_model, BaseImageRewardModel) else None)
+            logging.info(f"demo buffer: {len(demos)} transitions from {cfg.policy.other.replay_buffer.demo_path}")
+        collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
+        made.append(collector_env)
+        evaluator_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in evaluator_env_cfg])
+        made.append(evaluator_env)
+        collector_env.seed(cfg.seed)
+        evaluator_env.seed(cfg.seed, dynamic_seed=False)
+        learner = BaseLearner(cfg.policy.learn.learner, policy.learn_mode, tb_logger, exp_name=cfg.exp_name)
+        collector = create_serial_collector(
+            cfg.policy.collect.collector, env=collector_env, policy=policy.collect_mode, tb_logger=tb_logger,
+            exp_name=cfg.exp_name
         )
+        evaluator = InteractionSerialEvaluator(
+            cfg.policy.eval.evaluator, evaluator_env, policy.eval_mode, tb_logger, exp_name=cfg.exp_name
+        )
+        commander = BaseSerialCommander(
+            cfg.policy.other.commander, learner, collector, evaluator, replay_buffer, policy.command_mode
+        )
+        image_writer = None
+        rdc = cfg.get('reward_data_collection', None)
+        if rdc and rdc.get('enabled', False):
+            image_writer = LabelledImageWriter(
+                rdc.save_dir, rdc.get('target_success', 5000), rdc.get('target_failure', 5000),
+                rdc.get('sample_rate_success', 1.0), rdc.get('sample_rate_fail', 0.01),
+                metadata=env_metadata(cfg.env), seed=cfg.seed, tb_logger=tb_logger
+            )
+    except BaseException:
+        # nothing keeps running or writing (tensorboard files under a relative path land wherever the caller's
+        # working directory is by then)
+        for part in reversed(made):
+            if part is replay_buffer:
+                close_replay_buffer(part)
+            else:
+                part.close()
+        tb_logger.close()
+        raise
     return Workers(
         cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger,
         monitor
     )
+
+
+def close_replay_buffer(replay_buffer: Any) -> None:
+    """Close a DI-engine buffer. Its naive buffer logs to tensorboard under a relative path from a thread that its
+    close() leaves running: that thread is stopped first, or it writes into whatever directory is current later."""
+    thruput = getattr(replay_buffer, '_periodic_thruput_monitor', None)
+    if thruput is not None:
+        thruput.close()
+        thruput._thruput_log_thread.join(timeout=5)
+    replay_buffer.close()
 
 
 def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, history: Dict[str, Any]) -> None:
@@ -235,13 +264,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     collector.close()
     evaluator.close()
     if w.replay_buffer is not None:
-        # DI-engine's naive buffer logs to its own tensorboard writer under a relative path from a thread that its
-        # close() leaves running: stop that thread first, or it writes into whatever directory is current later
-        thruput = getattr(w.replay_buffer, '_periodic_thruput_monitor', None)
-        if thruput is not None:
-            thruput.close()
-            thruput._thruput_log_thread.join(timeout=5)
-        w.replay_buffer.close()
+        close_replay_buffer(w.replay_buffer)
     return history
 
 
