@@ -1,6 +1,6 @@
 """Fidelity report of a trained reward model on a labelled PNG folder (held-out, hard data).
 
-    python -m ding_ext.evaluate_reward_model --checkpoint CKPT --data DIR [--target-precision 0.95]
+    python -m ding_ext.evaluate_reward_model --checkpoint CKPT --data DIR [--target-precision 0.95] [--confidence 0.95]
         [--out DIR] [--threshold 0.5] [--store-threshold] [--device cpu] [--batch-size 256]
     ding-evaluate-reward-model --checkpoint CKPT --data DIR ...
 
@@ -68,7 +68,7 @@ def build_model_from_checkpoint(path: str, device: str = 'cpu', threshold: float
 def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, threshold: Optional[float] = 0.5,
                         target_precision: float = 0.95, store_threshold: bool = False, device: str = 'cpu',
                         batch_size: int = 256, subsets: Optional[Callable[[List[Dict[str, Any]]], Mapping]] = None,
-                        title: Optional[str] = None) -> Dict[str, Any]:
+                        title: Optional[str] = None, confidence: Optional[float] = None) -> Dict[str, Any]:
     """Score ``data`` with the checkpoint's model and build the fidelity report (see the module doc).
 
     ``threshold=None``: the checkpoint's ``calibrated_threshold`` (0.5 when it has none). ``subsets``: a
@@ -77,6 +77,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, t
         raise EvaluationError(f"--threshold must lie in [0, 1], got {threshold}")
     if not 0.0 < target_precision <= 1.0:
         raise EvaluationError(f"--target-precision must lie in (0, 1], got {target_precision}")
+    if confidence is not None and not 0.5 <= confidence < 1.0:
+        raise EvaluationError(f"--confidence must lie in [0.5, 1), got {confidence}")
     if batch_size < 1:
         raise EvaluationError(f"--batch-size must be >= 1, got {batch_size}")
     checkpoint, data = os.path.abspath(checkpoint), os.path.abspath(data)
@@ -102,8 +104,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, t
     frames = scan.frames if any(scan.frames) else None
     common = dict(frames=frames, images=scan.images, files=scan.files, threshold=threshold,
                   target_precision=target_precision, subsets=subsets(scan.frames) if subsets else None,
-                  title=title or os.path.basename(os.path.normpath(data)))
-    if store_threshold and threshold_for_precision(probs, scan.labels, target_precision) is None:
+                  title=title or os.path.basename(os.path.normpath(data)), confidence=confidence)
+    if store_threshold and threshold_for_precision(probs, scan.labels, target_precision, confidence) is None:
         report = fidelity_report(probs, scan.labels, **common)  # for the table; no files written
         report['store_error'] = (f"--store-threshold: nothing written: {report['chosen_reason']} on {data}; "
                                  "collect more (or cleaner) data, or lower --target-precision")
@@ -122,6 +124,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True, help="folder holding success/ and failure/ PNGs (held-out data)")
     p.add_argument('--target-precision', type=float, default=0.95,
                    help="pick the lowest threshold whose precision on the data reaches this (default 0.95)")
+    p.add_argument('--confidence', type=float, default=None,
+                   help="require the precision's one-sided Wilson lower bound at this confidence (e.g. 0.95) to "
+                        "reach the target, not the point estimate: robust on a few hundred frames")
     p.add_argument('--out', default=None, help="output folder (default <checkpoint dir>/fidelity_<data name>)")
     p.add_argument('--threshold', type=float, default=0.5, help="the given threshold to report as well (0.5)")
     p.add_argument('--store-threshold', action='store_true',
@@ -138,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
         report = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.threshold, args.target_precision,
-                                     args.store_threshold, args.device, args.batch_size)
+                                     args.store_threshold, args.device, args.batch_size,
+                                     confidence=args.confidence)
     except EvaluationError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     print(format_report(report), flush=True)

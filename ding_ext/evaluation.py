@@ -17,8 +17,8 @@ from .checkpoint_io import load_checkpoint, save_checkpoint, write_json_atomic
 METRIC_KEYS = ('loss', 'balanced_loss', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1',
                'tp', 'fp', 'fn', 'tn')
 # checkpoint metadata written by ``store_calibration`` (read by reward_threshold='auto')
-CALIBRATION_KEYS = ('calibrated_threshold', 'calibration_target_precision', 'calibration_data',
-                    'calibration_precision', 'calibration_recall')
+CALIBRATION_KEYS = ('calibrated_threshold', 'calibration_target_precision', 'calibration_confidence',
+                    'calibration_data', 'calibration_precision', 'calibration_recall')
 BREAKDOWN_SKIP = ('file', 'label', 'episode_id', 'step')  # per-frame fields that are no categories
 MAX_GROUPS = 50  # a field with more distinct values is not broken down
 WORST_K = 8  # tiles per row of worst_errors.png
@@ -128,23 +128,45 @@ def pr_curve(probs: Any, labels: Any) -> Dict[str, List[float]]:
                 recall=[float(a) / n_pos if n_pos else 0.0 for a in tp])
 
 
-def threshold_for_precision(probs: Any, labels: Any, target: float) -> Optional[float]:
+def precision_lower_bound(tp: Any, fp: Any, confidence: Optional[float]) -> np.ndarray:
+    """One-sided Wilson score lower bound of precision tp / (tp + fp) at ``confidence`` (e.g. 0.95): the
+    precision that the true one exceeds with that confidence. ``confidence=None`` gives the point estimate."""
+    tp, fp = np.asarray(tp, dtype=np.float64), np.asarray(fp, dtype=np.float64)
+    n = np.maximum(tp + fp, 1.0)
+    p = tp / n
+    if confidence is None:
+        return p
+    if not 0.5 <= float(confidence) < 1.0:
+        raise ValueError(f"confidence must lie in [0.5, 1), got {confidence}")
+    from statistics import NormalDist
+    z = NormalDist().inv_cdf(float(confidence))
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.where(tp + fp > 0, (centre - spread) / (1 + z * z / n), 0.0)
+
+
+def threshold_for_precision(probs: Any, labels: Any, target: float,
+                            confidence: Optional[float] = None) -> Optional[float]:
     """The lowest threshold t (success when ``prob > t``) whose precision on this data is >= ``target``
     (so the highest recall at that precision); None when no threshold reaches it. t is 0 or one of the
-    probabilities: for float32 probabilities it decides exactly as ``apply_threshold`` does."""
+    probabilities: for float32 probabilities it decides exactly as ``apply_threshold`` does.
+
+    With ``confidence`` (e.g. 0.95) the precision's Wilson lower bound must reach ``target`` instead of
+    the point estimate: on a few hundred validation frames the point estimate jumps by several points
+    between thresholds, and the lowest threshold that happens to reach it often falls short on new data."""
     if not 0.0 < float(target) <= 1.0:
         raise ValueError(f"target precision must lie in (0, 1], got {target}")
     p = _probs_array(probs)
     pos = _labels_array(labels, len(p))
     thr, tp, fp = _sweep(p, pos)
-    ok = np.flatnonzero(tp / np.maximum(tp + fp, 1) >= float(target))
+    ok = np.flatnonzero((tp > 0) & (precision_lower_bound(tp, fp, confidence) >= float(target)))
     if not len(ok):
         return None
     t = float(thr[ok[0]])
     pred = p > t  # the same comparison the model makes: check it
     tp_t, fp_t = int((pred & pos).sum()), int((pred & ~pos).sum())
-    if not (tp_t and tp_t / (tp_t + fp_t) >= float(target)):
-        raise AssertionError(f"threshold {t} gives precision {tp_t}/{tp_t + fp_t} < {target}")
+    if not (tp_t and precision_lower_bound(tp_t, fp_t, confidence) >= float(target)):
+        raise AssertionError(f"threshold {t} gives precision {tp_t}/{tp_t + fp_t} below {target}")
     return t
 
 
@@ -227,12 +249,14 @@ def _jsonable(obj: Any) -> Any:
 def fidelity_report(probs: Any, labels: Any, *, frames: Optional[Sequence[Mapping[str, Any]]] = None,
                     images: Any = None, files: Optional[Sequence[str]] = None, threshold: float = 0.5,
                     target_precision: float = 0.95, out_dir: Optional[str] = None,
-                    subsets: Optional[Mapping[str, Any]] = None, title: str = '') -> Dict[str, Any]:
+                    subsets: Optional[Mapping[str, Any]] = None, title: str = '',
+                    confidence: Optional[float] = None) -> Dict[str, Any]:
     """Judge the classifier on held-out data (``probs``: success probabilities, aligned with ``labels``,
     and with ``frames`` / ``images`` / ``files`` when given).
 
     Returns a json-safe dict: ``at_threshold`` (metrics at ``threshold``), ``chosen_threshold`` (the
-    lowest threshold reaching ``target_precision``, see ``threshold_for_precision``; None with
+    lowest threshold reaching ``target_precision``, at ``confidence`` when given, see
+    ``threshold_for_precision``; None with
     ``chosen_reason``), ``at_chosen``, ``operating_threshold`` (the chosen one, else ``threshold``),
     ``average_precision``, ``pr_curve``, ``subsets`` ({name: group} for boolean masks), ``breakdowns``
     ({field: {value: group}} for every categorical field of ``frames``), ``worst_false_positives`` /
@@ -249,21 +273,29 @@ def fidelity_report(probs: Any, labels: Any, *, frames: Optional[Sequence[Mappin
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} probabilities")
     threshold = float(threshold)
-    chosen = threshold_for_precision(p, pos, target_precision)
+    chosen = threshold_for_precision(p, pos, target_precision, confidence)
     curve = pr_curve(p, pos)
     reason = None
     if chosen is None:
         if not pos.any():
             reason = 'the data has no success images'
-        else:
+        elif confidence is None:
             best = int(np.argmax(curve['precision']))
             reason = (f"no threshold reaches precision {target_precision:g}: the highest is "
                       f"{curve['precision'][best]:.3f} (threshold {curve['thresholds'][best]:.4g})")
+        else:
+            _, tp, fp = _sweep(p, pos)
+            lb = precision_lower_bound(tp, fp, confidence)
+            best = int(np.argmax(lb))
+            reason = (f"no threshold reaches precision {target_precision:g} at {confidence:g} confidence: the "
+                      f"highest lower bound is {lb[best]:.3f} ({int(tp[best])} true of {int(tp[best] + fp[best])} "
+                      f"predicted successes); more validation frames narrow the bound")
     operating = chosen if chosen is not None else threshold
     at_t = {'at_threshold': threshold, 'at_chosen': chosen}
     report: Dict[str, Any] = dict(
         title=title, num_images=n, num_success=int(pos.sum()), num_failure=int(n - pos.sum()),
-        threshold=threshold, target_precision=float(target_precision), chosen_threshold=chosen,
+        threshold=threshold, target_precision=float(target_precision), confidence=confidence,
+        chosen_threshold=chosen,
         chosen_reason=reason, operating_threshold=operating,
         at_threshold=metrics_from_probs(p, pos, threshold),
         at_chosen=metrics_from_probs(p, pos, chosen) if chosen is not None else None,
@@ -294,7 +326,8 @@ def fidelity_report(probs: Any, labels: Any, *, frames: Optional[Sequence[Mappin
 
 def report_summary(report: Mapping[str, Any]) -> Dict[str, Any]:
     """The report without its curve, groups and example lists (for summaries)."""
-    keys = ('num_images', 'num_success', 'num_failure', 'threshold', 'target_precision', 'chosen_threshold',
+    keys = ('num_images', 'num_success', 'num_failure', 'threshold', 'target_precision', 'confidence',
+            'chosen_threshold',
             'chosen_reason', 'average_precision', 'at_threshold', 'at_chosen', 'paths')
     return {k: report.get(k) for k in keys}
 
@@ -323,7 +356,9 @@ def format_report(report: Mapping[str, Any], groups_at: str = 'chosen') -> str:
              f"({report['num_images']} images: {report['num_success']} success / {report['num_failure']} failure)"]
     ap = report.get('average_precision')
     chosen = report.get('chosen_threshold')
-    lines.append(f"average precision {_fmt(ap)}; target precision {report['target_precision']:g}: " +
+    conf = report.get('confidence')
+    target = f"{report['target_precision']:g}" + (f" at {conf:g} confidence" if conf is not None else '')
+    lines.append(f"average precision {_fmt(ap)}; target precision {target}: " +
                  (f"chosen threshold {chosen:.6g}" if chosen is not None else
                   f"no threshold chosen ({report.get('chosen_reason')})"))
     lines.append(f"  {'threshold':<22}" + cols)
@@ -362,6 +397,7 @@ def calibration_metadata(report: Mapping[str, Any], data: str) -> Dict[str, Any]
     m = report['at_chosen']
     return dict(calibrated_threshold=float(report['chosen_threshold']),
                 calibration_target_precision=float(report['target_precision']),
+                calibration_confidence=report.get('confidence'),
                 calibration_data=str(data), calibration_precision=float(m['precision']),
                 calibration_recall=float(m['recall']))
 

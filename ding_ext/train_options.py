@@ -29,6 +29,8 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'cache_images': (True, "keep the decoded images in memory (false: decode again in the workers)"),
     'progress': (True, "show a tqdm progress bar (the summary line is always printed)"),
     'target_precision': (0.95, "fidelity report: pick the lowest threshold with this validation precision"),
+    'precision_confidence': (None, "with it (e.g. 0.95) the precision's Wilson lower bound at this confidence must reach "
+                                   "target_precision (robust on small validation splits); none: the point estimate"),
     'store_threshold': (False, "store that threshold in best_model's metadata (for reward_threshold='auto')"),
 }
 BALANCE_MODES = ('sampler', 'pos_weight', 'none')
@@ -138,6 +140,9 @@ def _check_train_options(o: Dict[str, Any]) -> None:
     need(isinstance(o['device'], str), f"device must be a string such as 'cpu' or 'cuda', got {o['device']!r}")
     need(isinstance(o['target_precision'], (int, float)) and 0 < o['target_precision'] <= 1,
          f"target_precision must lie in (0, 1], got {o['target_precision']!r}")
+    need(o['precision_confidence'] is None or (isinstance(o['precision_confidence'], (int, float))
+                                                and 0.5 <= o['precision_confidence'] < 1),
+         f"precision_confidence must be none or lie in [0.5, 1), got {o['precision_confidence']!r}")
     need(isinstance(o['store_threshold'], bool), f"store_threshold must be true or false, got {o['store_threshold']!r}")
 
 

@@ -77,6 +77,7 @@ def _fidelity_on_val(model: Any, scan: Any, val_set: ImageFolderDataset, val_idx
     probs = score_images(model, images, 2 * int(opts['batch_size']))
     report = fidelity_report(probs, val_set.labels, frames=frames, images=images, files=val_set.files,
                              threshold=model.threshold, target_precision=float(opts['target_precision']),
+                             confidence=opts['precision_confidence'],
                              out_dir=os.path.join(save_dir, 'fidelity_val'), title='validation split')
     if opts['store_threshold']:
         if report['chosen_threshold'] is None:

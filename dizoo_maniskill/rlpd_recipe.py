@@ -37,13 +37,14 @@ def record_classifier_data(data_dir: str, episodes: int, env_cfg: Dict[str, Any]
 
 
 def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,
-                     **options: Any) -> Dict[str, Any]:
-    """The miniature classifier: the reward camera's image at 64 px, cosine schedule, last epoch kept."""
+                     precision_confidence: float = 0.95, **options: Any) -> Dict[str, Any]:
+    """The miniature classifier: the reward camera's image at 64 px, cosine schedule, last epoch kept; the stored
+    threshold is the lowest whose validation precision reaches ``target_precision`` with ``precision_confidence``."""
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
     from ding_ext.train_reward_model import train_reward_model
     opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
                 early_stopping_patience=0, save_dir=save_dir, num_workers=0, target_precision=target_precision,
-                store_threshold=True)
+                precision_confidence=precision_confidence, store_threshold=True)
     opts.update(options)
     model = {'model.arch': RESNET_REWARD['arch'], 'model.hidden_dim': RESNET_REWARD['hidden_dim'],
              'model.image_size': MODEL_IMAGE_SIZE}

@@ -12,7 +12,7 @@ from ding_ext.checkpoint_io import load_checkpoint, save_checkpoint
 from ding_ext.evaluate_reward_model import main as evaluate_main
 from ding_ext.evaluation import (
     CALIBRATION_KEYS, METRIC_KEYS, average_precision, binary_metrics, fidelity_report, format_report,
-    metrics_from_probs, pr_curve, score_images, threshold_for_precision
+    metrics_from_probs, pr_curve, precision_lower_bound, score_images, threshold_for_precision
 )
 from ding_ext.image_folder_dataset import scan_image_folder
 from ding_ext.png_writer import write_png
@@ -73,6 +73,35 @@ def test_threshold_for_precision_on_hand_made_probabilities():
     with pytest.raises(ValueError, match='target precision'):
         threshold_for_precision(P8, Y8, 0.0)
     assert average_precision(P8, Y8) == pytest.approx(0.25 + 0.25 + 0.25 * 0.75 + 0.25 * 2 / 3)
+
+
+def test_confidence_asks_the_precisions_lower_bound_to_reach_the_target():
+    # Wilson lower bound: with no false positive it is n / (n + z^2); 9 of 10 is far below 0.9
+    z2 = 1.6448536269514722 ** 2
+    assert precision_lower_bound(80, 0, 0.95) == pytest.approx(80 / (80 + z2))
+    assert precision_lower_bound(9, 1, 0.95) == pytest.approx(0.6523, abs=1e-4)  # by hand
+    assert precision_lower_bound(9, 1, None) == pytest.approx(0.9)
+    assert precision_lower_bound(0, 0, 0.95) == 0.0
+    lb = precision_lower_bound([10, 100, 1000], [1, 10, 100], 0.95)
+    assert np.all(np.diff(lb) > 0) and np.all(lb < 10 / 11)  # same ratio: more frames, a tighter bound
+    with pytest.raises(ValueError, match='confidence'):
+        precision_lower_bound(1, 0, 1.0)
+    # 200 successes above 0.5; one failure at 0.95 among the top ten, 40 failures in [0.1, 0.3)
+    probs = np.r_[np.linspace(0.96, 0.99, 9), 0.95, np.linspace(0.5, 0.94, 191), np.linspace(0.1, 0.29, 40)]
+    labels = np.r_[np.ones(9), 0, np.ones(191), np.zeros(40)]
+    point = threshold_for_precision(probs, labels, 0.9)
+    bound = threshold_for_precision(probs, labels, 0.9, confidence=0.95)
+    fp = lambda t: int(((probs > t) & (labels == 0)).sum())  # noqa: E731
+    assert point < bound < 0.5 and np.all(probs[labels == 1] > bound)  # both keep all 200 successes
+    assert fp(point) == 22 and fp(bound) == 14  # 200 / 222 >= 0.9; the bound: 200 / 214 = 0.935, lower bound 0.90
+    assert precision_lower_bound(((probs > bound) & (labels == 1)).sum(), ((probs > bound) & (labels == 0)).sum(),
+                                 0.95) >= 0.9
+    # ten clean successes are too few to show 0.9 at 95% confidence (10 / (10 + z^2) = 0.787)
+    tiny = fidelity_report(np.r_[np.full(10, 0.9), np.full(10, 0.1)], np.r_[np.ones(10), np.zeros(10)],
+                           target_precision=0.9, confidence=0.95)
+    assert tiny['chosen_threshold'] is None and tiny['confidence'] == 0.95
+    assert 'at 0.95 confidence' in tiny['chosen_reason'] and 'lower bound is 0.787' in tiny['chosen_reason']
+    assert 'at 0.95 confidence' in format_report(tiny)
 
 
 def test_picked_threshold_reaches_the_target_with_the_models_comparison():
@@ -247,6 +276,23 @@ def test_auto_threshold_without_a_calibrated_checkpoint_is_a_clear_error(trained
         make_model(reward_threshold='auto')  # co-training from scratch: nothing to take it from
     with pytest.raises(ValueError, match="reward_threshold must be a number in \\[0, 1\\] or 'auto'"):
         make_model(reward_threshold='high')
+
+
+def test_store_threshold_with_confidence_records_it(trained, tmp_path, capsys):
+    ckpt = str(tmp_path / 'model.safetensors')
+    shutil.copy(trained['result']['last_path'], ckpt)
+    rc = evaluate_main(['--checkpoint', ckpt, '--data', trained['heldout'], '--target-precision', '0.7',
+                        '--confidence', '0.9', '--store-threshold', '--out', str(tmp_path / 'rep')])
+    out = capsys.readouterr().out
+    assert rc == 0 and 'at 0.9 confidence' in out
+    meta = load_checkpoint(ckpt)[1]
+    report = json.loads((tmp_path / 'rep' / 'report.json').read_text())
+    assert meta['calibration_confidence'] == 0.9 and meta['calibrated_threshold'] == report['chosen_threshold']
+    m = report['at_chosen']
+    assert precision_lower_bound(m['tp'], m['fp'], 0.9) >= 0.7
+    with pytest.raises(SystemExit):
+        evaluate_main(['--checkpoint', ckpt, '--data', trained['heldout'], '--confidence', '1.5'])
+    assert '--confidence must lie in [0.5, 1), got 1.5' in capsys.readouterr().err
 
 
 def test_store_threshold_writes_nothing_when_no_threshold_reaches_the_target(trained, tmp_path, capsys):

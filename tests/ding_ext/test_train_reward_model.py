@@ -281,3 +281,11 @@ def test_model_selection_last_keeps_the_final_epoch(dataset, tmp_path):
     assert out['best_epoch'] == out['epochs_run'] == 3
     best, last = load_checkpoint(out['best_path'])[0], load_checkpoint(out['last_path'])[0]
     assert all(torch.equal(best[k], last[k]) for k in best)
+
+
+def test_precision_confidence_reaches_the_validation_report(dataset, tmp_path):
+    with pytest.raises(OptionError, match=r"precision_confidence must be none or lie in \[0.5, 1\), got 1.0"):
+        resolve_options({'precision_confidence': 1.0})
+    out = train_reward_model(dataset, epochs=1, batch_size=16, lr=1e-3, num_workers=0, progress=False,
+                             save_dir=str(tmp_path / 'ckpt'), target_precision=0.6, precision_confidence=0.9, **SMALL)
+    assert out['report']['confidence'] == 0.9 and out['options']['precision_confidence'] == 0.9
