@@ -1,0 +1,206 @@
+"""Inference throughput (images/s) of ``ResNetRewardModel`` against a plain PyTorch model in the same process.
+
+For every batch size x image size x precision it times, on one random uint8 NHWC numpy batch (as an env yields it):
+  ours compute_rewards   ``model.compute_rewards(batch)``;
+  ours estimate          ``model.estimate(transitions)``, one transition per image (reward_mode='per_step');
+  baseline               torchvision resnet18 + the same head, eval, ``torch.no_grad()``, input prepared per call on
+                         the CPU (uint8 -> float /255, NHWC -> NCHW, ImageNet mean/std, then to the device), fp32 or
+                         bf16 autocast, probabilities back on the CPU.
+Model: resnet18, hidden_dim 256, random init; image_size [3, S, S] for S x S inputs. On CUDA a reference is added at
+batch 256 / 128 px: the baseline under torch.compile, channels_last, bf16 autocast, timed with the baseline's CPU
+preparation and with the uint8 batch moved to the GPU first (compile errors are recorded, not raised).
+
+    python bench/reward_inference.py --device cuda                # full grid, 1 s per timed function
+    python bench/reward_inference.py --device cpu --quick         # batches 1,16; 0.2 s per function
+    python bench/reward_inference.py --device cuda --batches 256 --sizes 224 --precisions bf16 --seconds 2
+
+Writes ``bench/results/reward_inference_<device>.json`` (``--out``) after every row. Without DI-engine (a bare GPU
+machine), install it from wheels first and put them on PYTHONPATH; if ``ding_ext`` still fails to import, the
+traceback is printed and recorded, and the baseline rows are measured anyway.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.pop('DEBUG_IMAGE_SAVE_DIR', None)  # the model must not write the scored images while being timed
+
+try:
+    from ding_ext.checkpoint_io import write_json_atomic
+    from ding_ext.reward_models import ResNetRewardModel
+    IMPORT_ERROR = None
+except Exception:  # noqa: BLE001  (a machine without a working DI-engine still gets the baseline rows)
+    IMPORT_ERROR = traceback.format_exc()
+    print(f"ding_ext failed to import; only the baseline is timed:\n{IMPORT_ERROR}", file=sys.stderr, flush=True)
+    ResNetRewardModel = None
+
+    def write_json_atomic(path, obj):
+        with open(path + '.tmp', 'w', encoding='utf-8') as f:
+            json.dump(obj, f, indent=2)
+        os.replace(path + '.tmp', path)
+
+MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+
+
+def machine(device: torch.device) -> dict:
+    model, flags = '', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name') and not model:
+                    model = line.split(':', 1)[1].strip()
+                elif line.startswith('flags') and not flags:
+                    flags = set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    model = model or platform.processor()
+    info = dict(cpu_model=model, cpu_count=os.cpu_count(), avx512_bf16='avx512_bf16' in flags,
+                amx=sorted(f for f in flags if f.startswith('amx')), python=platform.python_version(),
+                torch=torch.__version__, torchvision=torchvision.__version__, numpy=np.__version__,
+                torch_threads=torch.get_num_threads())
+    if IMPORT_ERROR is None:
+        import ding
+        info['ding'] = getattr(ding, '__version__', '?')
+    if device.type == 'cuda':
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    return info
+
+
+def plain_model(device: torch.device) -> nn.Module:
+    """torchvision resnet18 with ResNetClassifier's head (Linear 512->256, ReLU, Dropout, Linear 256->1)."""
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Dropout(0.0), nn.Linear(256, 1))
+    return net.eval().to(device)
+
+
+def baseline_fn(net: nn.Module, batch: np.ndarray, device: torch.device, dtype: torch.dtype, on_device_prep=False,
+                channels_last=False):
+    prep = device if on_device_prep else torch.device('cpu')
+    mean, std = MEAN.to(prep), STD.to(prep)
+
+    def run():
+        x = torch.from_numpy(batch).to(prep)
+        x = ((x.float().div(255.0).permute(0, 3, 1, 2) - mean) / std).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return torch.sigmoid(net(x).float()).squeeze(-1).cpu()
+    return run
+
+
+def throughput(fn, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:
+    """Median images/s over ``repeats`` timed runs of about seconds/repeats each, after ``warmup`` calls."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    iters = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync()
+        rates.append(n_images * iters / (time.perf_counter() - t0))
+    return dict(img_s=statistics.median(rates), rates=rates, iters=iters)
+
+
+def ours_model(size: int, precision: str, device: torch.device):
+    cfg = dict(type='resnet', arch='resnet18', hidden_dim=256, pretrained=False, image_size=[3, size, size],
+               precision=precision, reward_mode='per_step', inference_batch_size=256)
+    return ResNetRewardModel(cfg, device=str(device))
+
+
+def compiled_reference(batch: np.ndarray, device: torch.device, seconds: float, warmup: int) -> dict:
+    out = dict(batch=len(batch), size=batch.shape[1], precision='bf16', channels_last=True)
+    try:
+        net = torch.compile(plain_model(device).to(memory_format=torch.channels_last))
+        for key, on_dev in (('cpu_prep', False), ('gpu_prep', True)):
+            fn = baseline_fn(net, batch, device, torch.bfloat16, on_device_prep=on_dev, channels_last=True)
+            t0 = time.perf_counter()
+            fn()  # compiles
+            out[f'{key}_first_call_s'] = time.perf_counter() - t0
+            out[key] = throughput(fn, len(batch), seconds, warmup, device)
+    except Exception as e:  # noqa: BLE001
+        out['error'] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
+    p.add_argument('--batches', default=None, help="comma list (default 1,16,64,256; --quick: 1,16)")
+    p.add_argument('--sizes', default='128,224')
+    p.add_argument('--precisions', default='fp32,bf16')
+    p.add_argument('--seconds', type=float, default=None, help="per timed function (default 1; --quick: 0.2)")
+    p.add_argument('--warmup', type=int, default=None, help="warm-up calls per function (default 3; --quick: 1)")
+    p.add_argument('--out', default=None)
+    p.add_argument('--quick', action='store_true', help="short CPU check: fewer batches, seconds and warm-ups")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    batches = [int(b) for b in (a.batches or ('1,16' if a.quick else '1,16,64,256')).split(',')]
+    sizes = [int(s) for s in a.sizes.split(',')]
+    precisions = a.precisions.split(',')
+    seconds = a.seconds if a.seconds is not None else (0.2 if a.quick else 1.0)
+    warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
+    out_path = a.out or os.path.join(ROOT, 'bench', 'results', f'reward_inference_{device.type}.json')
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    result = dict(machine=machine(device), import_error=IMPORT_ERROR, rows=[], compiled_reference=None,
+                  config=dict(batches=batches, sizes=sizes, precisions=precisions, seconds=seconds, warmup=warmup,
+                              model='resnet18, hidden_dim 256, random init', quick=a.quick))
+    print(json.dumps(result['machine']), flush=True)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    base = plain_model(device)
+    head = f"{'batch':>5} {'size':>4} {'prec':>4} {'ours_cr':>9} {'ours_est':>9} {'base':>9} {'cr/base':>7} {'est/base':>8}"
+    print(head, flush=True)
+    for size in sizes:
+        for precision in precisions:
+            ours = ours_model(size, precision, device) if ResNetRewardModel else None
+            for n in batches:
+                batch = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+                row = dict(batch=n, size=size, precision=precision)
+                row['baseline'] = throughput(baseline_fn(base, batch, device, DTYPES[precision]), n, seconds, warmup,
+                                             device)
+                if ours is not None:
+                    transitions = [dict(obs=np.zeros(4, np.float32), action=np.zeros(2, np.float32),
+                                        reward=torch.zeros(1), done=False, reward_image=im) for im in batch]
+                    row['compute_rewards'] = throughput(lambda: ours.compute_rewards(batch), n, seconds, warmup, device)
+                    row['estimate'] = throughput(lambda: ours.estimate(transitions), n, seconds, warmup, device)
+                    for k in ('compute_rewards', 'estimate'):
+                        row[f'{k}_ratio'] = row[k]['img_s'] / row['baseline']['img_s']
+                result['rows'].append(row)
+                write_json_atomic(out_path, result)
+                g = lambda k: f"{row[k]['img_s']:9.1f}" if k in row else f"{'-':>9}"  # noqa: E731
+                r = lambda k: f"{row[k]:.2f}" if k in row else '-'  # noqa: E731
+                print(f"{n:5d} {size:4d} {precision:>4} {g('compute_rewards')} {g('estimate')} {g('baseline')} "
+                      f"{r('compute_rewards_ratio'):>7} {r('estimate_ratio'):>8}", flush=True)
+    if device.type == 'cuda':
+        batch = rng.integers(0, 256, (256, 128, 128, 3), dtype=np.uint8)
+        ref = result['compiled_reference'] = compiled_reference(batch, device, seconds, warmup)
+        write_json_atomic(out_path, result)
+        print("compiled channels_last bf16 baseline, batch 256 / 128 px: " + (ref.get('error') or ', '.join(
+            f"{k} {ref[k]['img_s']:.1f} img/s (first call {ref[k + '_first_call_s']:.1f} s)"
+            for k in ('cpu_prep', 'gpu_prep'))), flush=True)
+    print(f"wrote {out_path}")
+
+
+if __name__ == '__main__':
+    main()
