@@ -30,14 +30,16 @@ if ROOT not in sys.path:
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 
 
-def prepare(work_dir: str, classifier_episodes: int, demo_episodes: int, epochs: int) -> Dict[str, Any]:
+def prepare(work_dir: str, classifier_episodes: int, demo_episodes: int, epochs: int,
+            demo_source: str = 'scripted') -> Dict[str, Any]:
     """Demos and a trained classifier in ``work_dir`` (reused when present)."""
     from dizoo_maniskill import rlpd_recipe as recipe
     from ding_ext.checkpoint_io import load_checkpoint
     env_cfg = recipe.env_config()
-    out: Dict[str, Any] = dict(demo_dir=os.path.join(work_dir, 'demos'))
+    # one folder per source (a folder is resumed, never mixed); the first demo_episodes episodes by seed are used
+    out: Dict[str, Any] = dict(demo_dir=os.path.join(work_dir, f'demos_{demo_source}'), demo_source=demo_source)
     t = time.time()
-    counts = recipe.record_demos(out['demo_dir'], demo_episodes, env_cfg)
+    counts = recipe.record_demos(out['demo_dir'], demo_episodes, env_cfg, source=demo_source)
     out['demos'] = dict(counts, seconds=round(time.time() - t, 1))
     ckpt = os.path.join(work_dir, 'classifier', 'best_model.safetensors')
     if not os.path.isfile(ckpt):
@@ -62,6 +64,8 @@ def summarise(runs: List[Dict[str, Any]], level: float) -> Dict[str, Any]:
         reach = [steps_to_reach(r['curve'], level) for r in rs]
         table[arm] = dict(
             seeds=[r['seed'] for r in rs], final_success=float(np.mean([r['final_success'] for r in rs])),
+            # the first evaluation, before any RL update: the actor cloned from the demos
+            start_success=float(np.mean([r['curve'][0][1] for r in rs])),
             steps_to_target=None if any(s is None for s in reach) else float(np.mean(reach)),
             wall_time_s=float(np.mean([r['wall_time_s'] for r in rs])),
             env_steps=int(max(r['curve'][-1][0] for r in rs)),
@@ -93,6 +97,23 @@ def plot(runs: List[Dict[str, Any]], path: str, level: float) -> str:
     return path
 
 
+def combine(paths: Sequence[str], out: str, level: float) -> int:
+    """One result file (summary, plot) from the runs of several, e.g. one arm per process on a multi-core machine."""
+    from ding_ext.checkpoint_io import write_json_atomic
+    parts = []
+    for path in paths:
+        with open(path, encoding='utf-8') as f:
+            parts.append(json.load(f))
+    runs = [r for part in parts for r in part['runs']]
+    png = plot(runs, os.path.splitext(os.path.abspath(out))[0] + '.png', level)
+    result = dict(parts[0], command=[part['command'] for part in parts], combined_from=[os.path.abspath(p) for p in paths],
+                  summary=summarise(runs, level), runs=runs, plot=png)
+    write_json_atomic(out, result)
+    print(json.dumps(result['summary'], indent=2))
+    print(f"wrote {out} and {png}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arms', default='oracle,frozen,cotrain', help='comma list of oracle, frozen, cotrain')
@@ -101,11 +122,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--eval-every', type=int, default=2000, help='env steps between evaluations')
     p.add_argument('--target', type=float, default=0.9, help='success level whose env steps the arms compare')
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work'), help='demos, classifier, runs')
-    p.add_argument('--demo-episodes', type=int, default=40)
+    p.add_argument('--demo-episodes', type=int, default=40, help='demonstrations in the demo buffer')
+    p.add_argument('--demo-source', choices=('scripted', 'planner'), default='scripted',
+                   help='scripted expert (pd_ee_delta_pos) or motion planner episodes converted to it')
     p.add_argument('--classifier-episodes', type=int, default=28)
     p.add_argument('--classifier-epochs', type=int, default=8)
     p.add_argument('--out', default=os.path.join(RESULTS, 'pickcube_learned_reward.json'))
+    p.add_argument('--combine', nargs='+', metavar='JSON',
+                   help="write --out from the runs of these result files (arms run as parallel processes) and exit")
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out, args.target)
     from dizoo_maniskill.rlpd_recipe import ARMS, run_arm
     arms = [a.strip() for a in args.arms.split(',') if a.strip()]
     bad = [a for a in arms if a not in ARMS]
@@ -114,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seeds = [int(s) for s in args.seeds.split(',')]
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
-    prep = prepare(work, args.classifier_episodes, args.demo_episodes, args.classifier_epochs)
+    prep = prepare(work, args.classifier_episodes, args.demo_episodes, args.classifier_epochs, args.demo_source)
     print(f"classifier {prep['checkpoint']} (threshold {prep['threshold']}); demos {prep['demos']}", flush=True)
     runs = []
     os.chdir(work)
@@ -122,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for arm in arms:
             print(f"[{arm} seed {seed}] RLPD for {args.budget_steps} env steps", flush=True)
             r = run_arm(arm, f'rlpd_{arm}_seed{seed}', prep['demo_dir'], args.budget_steps, seed=seed,
-                        checkpoint=prep['checkpoint'], eval_every=args.eval_every)
+                        checkpoint=prep['checkpoint'], eval_every=args.eval_every, demo_episodes=args.demo_episodes)
             runs.append(r)
             print(f"[{arm} seed {seed}] success {r['curve']}  wall {r['wall_time_s']:.0f}s  "
                   f"agreement {r['agreement']}", flush=True)
@@ -130,6 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     png = plot(runs, os.path.splitext(os.path.abspath(args.out))[0] + '.png', args.target)
     result = dict(command=' '.join(['python', 'bench/pickcube_learned_reward.py'] + list(argv or sys.argv[1:])),
                   machine=f"{os.cpu_count()} CPU cores", prepare=prep, target=args.target,
+                  demo_episodes=args.demo_episodes, budget_steps=args.budget_steps,
                   summary=summarise(runs, args.target), runs=runs, plot=png)
     from ding_ext.checkpoint_io import write_json_atomic
     write_json_atomic(args.out, result)

@@ -14,7 +14,7 @@ entry's demo buffer (``demo_buffer`` config block). Registered names: ``rlpd``, 
 flag, see ``ding_ext.policies``). Model: ``rlpd_qac`` (``RLPDActorCritic``).
 """
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -128,6 +128,12 @@ class RLPDPolicy(SACPolicy):
             # (float) Weight of a behaviour-cloning term on the demonstrations of each batch (squared error between
             # the actor's mean action and the demo action, for transitions marked ``is_demo``); 0 = plain RLPD.
             bc_weight=0.0,
+            # (int) Behaviour-cloning steps of the actor on the demonstrations before RL starts (``pretrain_on_demos``,
+            # called by our entry at set-up): RL then starts from the demos' behaviour instead of a random policy.
+            bc_pretrain_iterations=0,
+            # (int) Updates that train the critics only, before the actor and the temperature learn: the actor (e.g.
+            # pretrained on the demos) is not pushed around by the gradients of untrained critics.
+            actor_warmup_updates=0,
         ),
     )
 
@@ -140,6 +146,8 @@ class RLPDPolicy(SACPolicy):
         n = self._model.critic.n
         self._critic_subset = int(self._cfg.learn.critic_subset)
         self._bc_weight = float(self._cfg.learn.get('bc_weight', 0.0))
+        self._actor_warmup = int(self._cfg.learn.get('actor_warmup_updates', 0) or 0)
+        self._updates = 0
         if not 1 <= self._critic_subset <= n:
             raise ValueError(f"learn.critic_subset must be in [1, num_critics={n}], got {self._critic_subset}")
 
@@ -166,6 +174,13 @@ class RLPDPolicy(SACPolicy):
         critic_loss.backward()
         self._optimizer_q.step()
 
+        self._updates += 1
+        out = {'critic_loss': critic_loss.item()}
+        if self._updates <= self._actor_warmup:  # critics only (the actor's monitored losses read 0)
+            out.update(policy_loss=0.0, **({'alpha_loss': 0.0} if self._auto_alpha else {}),
+                       **({'bc_loss': 0.0} if self._bc_weight > 0 else {}))
+            self._target_model.update(self._learn_model.state_dict())
+            return self._learn_output(out, q, target, None)
         mu, sigma = self._learn_model.forward(obs, mode='compute_actor')['logit']
         action, log_prob = _squashed_sample(mu, sigma)
         q_pi = self._learn_model.forward({'obs': obs, 'action': action}, mode='compute_critic')['q_value'].mean(0)
@@ -179,7 +194,7 @@ class RLPDPolicy(SACPolicy):
         policy_loss.backward()
         self._optimizer_policy.step()
 
-        out = {'critic_loss': critic_loss.item(), 'policy_loss': policy_loss.item()}
+        out['policy_loss'] = policy_loss.item()
         if bc_loss is not None:
             out['bc_loss'] = bc_loss.item()
         if self._auto_alpha:
@@ -195,10 +210,14 @@ class RLPDPolicy(SACPolicy):
                 self._alpha.data.clamp_(min=0)
             out['alpha_loss'] = alpha_loss.item()
         self._target_model.update(self._learn_model.state_dict())
+        return self._learn_output(out, q, target, log_prob)
+
+    def _learn_output(self, losses: Dict[str, float], q: torch.Tensor, target: torch.Tensor,
+                      log_prob: Optional[torch.Tensor]) -> Dict[str, Any]:
         td_error = (q.detach() - target.unsqueeze(0)).abs().mean(0)
         return {
-            **out,
-            'total_loss': sum(out.values()),
+            **losses,
+            'total_loss': sum(losses.values()),
             'cur_lr_q': self._optimizer_q.defaults['lr'],
             'cur_lr_p': self._optimizer_policy.defaults['lr'],
             'priority': td_error.tolist(),
@@ -206,8 +225,32 @@ class RLPDPolicy(SACPolicy):
             'alpha': float(self._alpha.item()),
             'target_q_value': target.mean().item(),
             'q_value': q.detach().mean().item(),
-            'transformed_log_prob': log_prob.mean().item(),
+            'transformed_log_prob': float('nan') if log_prob is None else log_prob.mean().item(),
         }
+
+    def pretrain_on_demos(self, transitions: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
+        """Behaviour cloning of the actor's mean action on ``transitions`` (``learn.bc_pretrain_iterations`` steps of
+        ``learn.batch_size``, the policy optimiser); the first and last losses, or None when disabled."""
+        iterations = int(self._cfg.learn.get('bc_pretrain_iterations', 0) or 0)
+        if iterations <= 0:
+            return None
+        if not transitions:
+            raise ValueError("learn.bc_pretrain_iterations > 0 needs demonstrations, and the demo buffer is empty")
+        obs = torch.stack([torch.as_tensor(t['obs'], dtype=torch.float32) for t in transitions]).to(self._device)
+        action = torch.stack([torch.as_tensor(t['action'], dtype=torch.float32) for t in transitions]).to(self._device)
+        action = action.reshape(len(transitions), -1).clamp(-1.0, 1.0)
+        self._learn_model.train()
+        losses = []
+        for _ in range(iterations):
+            idx = torch.randint(len(obs), (min(int(self._cfg.learn.batch_size), len(obs)), ), device=obs.device)
+            mu = self._learn_model.forward(obs[idx], mode='compute_actor')['logit'][0]
+            loss = (torch.tanh(mu) - action[idx]).pow(2).sum(-1).mean()
+            self._optimizer_policy.zero_grad()
+            loss.backward()
+            self._optimizer_policy.step()
+            losses.append(loss.item())
+        return {'bc_pretrain_first_loss': losses[0], 'bc_pretrain_last_loss': losses[-1], 'iterations': iterations,
+                'demo_transitions': len(transitions)}
 
     def _monitor_vars_learn(self) -> List[str]:
         keys = ['critic_loss', 'policy_loss', 'total_loss', 'cur_lr_q', 'cur_lr_p', 'td_error', 'alpha',

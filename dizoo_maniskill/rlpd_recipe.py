@@ -51,14 +51,19 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
     return train_reward_model(data_dir, **opts, **model)
 
 
-def record_demos(demo_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2) -> Dict[str, int]:
+def record_demos(demo_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2,
+                 source: str = 'scripted') -> Dict[str, int]:
+    """Demonstrations in the RL control mode: the closed-loop scripted expert (``scripted``) or motion-planner
+    episodes converted to it (``planner``; its sparse joint-space waypoints clone badly into a policy)."""
     from dizoo_maniskill.record_demos import record_demos as record
-    return record(demo_dir, range(DEMO_SEED, DEMO_SEED + episodes), env_cfg, workers=workers)
+    return record(demo_dir, range(DEMO_SEED, DEMO_SEED + episodes), env_cfg, workers=workers, source=source)
 
 
 def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str] = None,
-               eval_every: int = 2000, **env_overrides: Any) -> Tuple[Any, Any]:
-    """``pickcube_rlpd_resnet_reward_config`` for one arm of the benchmark."""
+               eval_every: int = 2000, learn: Optional[Dict[str, Any]] = None, demo_episodes: Optional[int] = None,
+               **env_overrides: Any) -> Tuple[Any, Any]:
+    """``pickcube_rlpd_resnet_reward_config`` for one arm of the benchmark (``learn``: policy.learn overrides;
+    ``demo_episodes``: use the folder's first N episodes)."""
     from dizoo_maniskill.config import pickcube_rlpd_resnet_reward_config as rlpd
     from ding_ext.checkpoint_io import load_checkpoint
     if arm not in ARMS:
@@ -66,7 +71,8 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
     main, create = copy.deepcopy(rlpd.main_config), copy.deepcopy(rlpd.create_config)
     main.exp_name = exp_name
     main.env.update(env_overrides)
-    main.policy.other.replay_buffer.demo_path = demo_dir
+    main.policy.learn.update(learn or {})
+    main.policy.other.replay_buffer.update(demo_path=demo_dir, demo_max_episodes=demo_episodes)
     # train_iter counts updates: at utd_ratio 1 it follows the env steps
     main.policy.eval.evaluator.eval_freq = int(eval_every * float(main.policy.learn.utd_ratio))
     if arm == 'oracle':
@@ -93,16 +99,18 @@ def pooled_agreement(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
 
 
 def run_arm(arm: str, exp_name: str, demo_dir: str, budget_steps: int, seed: int = 0,
-            checkpoint: Optional[str] = None, eval_every: int = 2000, **env_overrides: Any) -> Dict[str, Any]:
+            checkpoint: Optional[str] = None, eval_every: int = 2000, learn: Optional[Dict[str, Any]] = None,
+            demo_episodes: Optional[int] = None, **env_overrides: Any) -> Dict[str, Any]:
     """One RLPD run; the curve is the eval success rate (``n_evaluator_episode`` episodes) against env steps."""
     from entry import serial_pipeline_reward_model_offpolicy
-    cfg = arm_config(arm, exp_name, demo_dir, checkpoint, eval_every, **env_overrides)
+    cfg = arm_config(arm, exp_name, demo_dir, checkpoint, eval_every, learn, demo_episodes, **env_overrides)
     t = time.time()
     policy = serial_pipeline_reward_model_offpolicy(cfg, seed=seed, max_env_step=budget_steps,
                                                     cooptrain_reward=arm == 'cotrain', pretrain_reward=False)
     hist = policy.history
     curve: List[Tuple[int, float]] = [(int(e['envstep']), float(e.get('success_mean', np.nan))) for e in hist['eval']]
     return dict(arm=arm, seed=seed, exp_name=exp_name, wall_time_s=time.time() - t, budget_steps=budget_steps,
+                demo_pretrain=hist.get('demo_pretrain'),
                 curve=curve, final_success=curve[-1][1] if curve else float('nan'),
                 agreement=pooled_agreement(hist.get('agreement') or []) if arm != 'oracle' else None,
                 eval_episodes=int(cfg[0].env.n_evaluator_episode))

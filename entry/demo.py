@@ -1,22 +1,24 @@
-"""`make demo`: the PickCube recipe in miniature on CPU, ending with a summary table.
+"""`make demo`: the RLPD PickCube recipe in miniature on CPU, ending with a summary table.
 
-1. collect: dense-reward PPO writes episode-end reward images, and whole motion-planned episodes add
-   the success frames and the hard negatives around them (approach, grasp, transport, the cube at the
-   goal while the arm moves, the cube held away from the goal), every frame labelled by the env;
-2. train the ResNet classifier (train/val split by episode), print its fidelity report on the
-   validation episodes and store in the checkpoint the lowest threshold that reaches precision 0.9 on
-   them (about 3% of the frames, the cube at the goal while the arm still moves, cannot be judged from
-   one image and take up that error budget);
-   then judge it on held-out frames of seeds it never saw: planner episodes (every frame) and
-   random-action episodes, on all frames and on the unambiguous ones;
-3. dense-reward PPO to a checkpoint;
-4. resume it with the classifier as the only reward (terminal mode, reward_threshold='auto'), with the
-   reward-hacking alarm watching its precision against env success.
+1. collect: dense-reward PPO writes reward images (RL frames), and whole motion-planned episodes add the
+   success frames and the hard negatives around them (approach, grasp, transport, the cube at the goal while
+   the arm moves, the cube held away from the goal), every frame labelled by the env and seen by the RL env's
+   reward camera;
+2. train the ResNet classifier (train/val split by episode), print its fidelity report on the validation
+   episodes and store in the checkpoint the lowest threshold whose precision on them is at least 0.9 with 95%
+   confidence (about 3% of the frames, the cube at the goal while the arm still moves, cannot be judged from one
+   image and take up that error budget); then judge it on held-out frames of seeds it never saw, on all frames
+   and on the unambiguous ones;
+3. RL with the classifier as the only reward: RLPD (SAC with a LayerNorm critic ensemble, half of every batch
+   from demonstrations of a scripted expert, the actor first cloned from them) scores every step with the
+   frozen classifier at the stored threshold, and is evaluated on 20 episodes of unseen initial states against
+   the env's own success. ``--oracle`` also runs the same budget with the env's sparse success reward.
 
-    python -m entry.demo [--out demo_output] [--scale 1.0] [--verbose]
+    python -m entry.demo [--out demo_output] [--scale 1.0] [--rl-steps N] [--oracle] [--verbose]
 """
 import argparse
 import contextlib
+import copy
 import logging
 import os
 import shutil
@@ -26,33 +28,19 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-# seeds: planner training episodes, then held-out planner and random-action episodes far from every seed the
-# PPO collectors draw (seed + 100 * randint(1, 1000) < 100100)
-TRAIN_PLANNER_SEED, HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED = 10000, 200000, 300000
+# seeds: held-out planner and random-action episodes, far from the classifier's training episodes (10000+), the demos
+# (500000+) and every seed the collectors and evaluators draw (see dizoo_maniskill.rlpd_recipe)
+HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED = 200000, 300000
 # precision the stored threshold reaches on all validation frames, the ambiguous ones included (see README), as a
 # one-sided Wilson lower bound at PRECISION_CONFIDENCE: the point estimate on ~400 frames picked thresholds as low
 # as 0.12 that fell to 0.94 precision on unseen seeds
 TARGET_PRECISION, PRECISION_CONFIDENCE = 0.9, 0.95
 PLANNER_EPISODES = 28
+DEMO_EPISODES = 40
+# env steps of the RLPD stage (each arm): the actor starts cloned from the demos, RL keeps and refines it
+RL_STEPS = 3000
 # frames a single image cannot judge: the cube at or near the goal while the arm still moves
 AMBIGUOUS_PHASES = ['at_goal_moving', 'near_goal']
-
-
-def _success_rate(history: Dict[str, Any]) -> float:
-    evals = history.get('eval') or []
-    if not evals:
-        return float('nan')
-    last = evals[-1]
-    return float(last.get('success_mean', last.get('success_once_mean', float('nan'))))
-
-
-def _agreement(history: Dict[str, Any]) -> str:
-    rows: List[Dict[str, float]] = history.get('agreement') or []
-    if not rows:
-        return 'n/a'
-    acc = np.mean([r['env_accuracy'] for r in rows])
-    alarm = 'raised' if any(r.get('hacking_alarm') for r in rows) else 'not raised'
-    return f"accuracy {acc:.3f} over {len(rows)} iterations; reward-hacking alarm {alarm}"
 
 
 def unambiguous_mask(frames: List[Dict[str, Any]]) -> np.ndarray:
@@ -87,15 +75,27 @@ def _pr(m: Dict[str, Any]) -> str:
     return f"precision {m['precision']:.3f}  recall {m['recall']:.3f}"
 
 
-def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
+def collect_rl_frames(data_dir: str, env_cfg: Dict[str, Any], n_frames: int, max_iters: int) -> Dict[str, int]:
+    """Reward images written while dense-reward PPO trains in the RL env (every step has an image; 1 in 20 is kept)."""
+    from dizoo_maniskill.config import pickcube_ppo_collect_config as s1
+    from dizoo_maniskill.config.pickcube_base import RLPD_ACTION_SHAPE
+    from entry import serial_pipeline_reward_model_onpolicy
+    main, create = copy.deepcopy(s1.main_config), copy.deepcopy(s1.create_config)
+    main.env.update({k: v for k, v in env_cfg.items() if k not in ('reward_mode', 'n_evaluator_episode')})
+    main.env.update(collector_env_num=2, evaluator_env_num=1, n_evaluator_episode=1)
+    main.policy.model.action_shape = RLPD_ACTION_SHAPE
+    main.policy.eval.evaluator.eval_freq = 10 ** 6
+    main.reward_data_collection.update(save_dir=data_dir, target_success=0, target_failure=n_frames,
+                                       sample_rate_fail=0.05)
+    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=max_iters).history
+    return dict(hist.get('images', {}))
+
+
+def run_demo(out: str = 'demo_output', scale: float = 1.0, rl_steps: int = RL_STEPS,
+             oracle: bool = False) -> Dict[str, Any]:
     from ding_ext.evaluation import format_report
     from ding_ext.image_folder_dataset import scan_image_folder
-    from dizoo_maniskill.rlpd_recipe import MODEL_IMAGE_SIZE, train_classifier
-    from dizoo_maniskill.config import pickcube_ppo_collect_config as s1
-    from dizoo_maniskill.config import pickcube_ppo_config as s3
-    from dizoo_maniskill.config import pickcube_ppo_resnet_reward_config as s4
-    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
-    from entry import serial_pipeline_reward_model_onpolicy
+    from dizoo_maniskill import rlpd_recipe as recipe
 
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -103,63 +103,45 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
     os.chdir(out)
     n = lambda x: max(1, int(round(x * scale)))  # noqa: E731
     t_start, timings = time.time(), {}
+    env_cfg = recipe.env_config()
+    data_dir = 'pickcube_reward_data'
 
-    def small(main):
-        main.env.update(collector_env_num=2, evaluator_env_num=2, n_evaluator_episode=4)
-        main.policy.eval.evaluator.eval_freq = 10 ** 6  # evaluate at the start and the end only
-        return main
-
-    # ---- stage 1: dense PPO + image collection, then whole planner episodes
-    print("[stage 1/4] dense-reward PPO on PickCube writing episode-end reward images, then whole motion-planned "
-          "episodes (every frame labelled by the env)", flush=True)
+    # ---- stage 1: RL frames, then whole planner episodes
+    print("[stage 1/3] reward images from dense-reward PPO, then whole motion-planned episodes (every frame labelled "
+          "by the env), seen by the RL env's reward camera", flush=True)
     t = time.time()
-    main, create = s1.main_config, s1.create_config
-    small(main)
-    main.reward_data_collection.update(target_success=n(16), target_failure=n(16), sample_rate_fail=1.0)
-    hist = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(16)).history
-    data_dir = main.reward_data_collection.save_dir
-    ppo_counts = dict(hist.get('images', {}))
-    env_cfg = dict(main.env)
-    planner_counts = record_planner_episodes(
-        data_dir, range(TRAIN_PLANNER_SEED, TRAIN_PLANNER_SEED + n(PLANNER_EPISODES)), env_cfg, workers=2)
+    rl_counts = collect_rl_frames(data_dir, env_cfg, n(32), max_iters=n(4))
+    planner_counts = recipe.record_classifier_data(data_dir, n(PLANNER_EPISODES), env_cfg)
     timings['1 collect'] = time.time() - t
 
     # ---- stage 2: the classifier, its report on the validation episodes, and on unseen seeds
-    print("[stage 2/4] training the ResNet success classifier (train/val split by episode)", flush=True)
+    print("[stage 2/3] training the ResNet success classifier (train/val split by episode)", flush=True)
     t = time.time()
-    rm = s4.main_config.reward_model
-    # the miniature classifier (the recipe's configs use 128 px): the reward camera's whole image at 64 px, so that
-    # training fits in minutes on 2 CPU cores; stage 4 builds the same network
-    rm.image_size, rm.image_crop = MODEL_IMAGE_SIZE, None
-    result = train_classifier(data_dir, os.path.dirname(rm.checkpoint_path), epochs=n(8),
-                              target_precision=TARGET_PRECISION, precision_confidence=PRECISION_CONFIDENCE)
+    result = recipe.train_classifier(data_dir, 'pickcube_reward_model', epochs=n(8), target_precision=TARGET_PRECISION,
+                                     precision_confidence=PRECISION_CONFIDENCE)
     print(format_report(result['report']), flush=True)
     timings['2 train classifier'] = time.time() - t
-    print("[stage 2/4] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)
+    print("[stage 2/3] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)
     t = time.time()
     record_heldout('pickcube_heldout', env_cfg, n(8), n(4))
     heldout = evaluate_heldout(result['best_path'], 'pickcube_heldout', 'pickcube_reward_model/fidelity_heldout')
     timings['2 held-out check'] = time.time() - t
 
-    # ---- stage 3: dense PPO to a checkpoint
-    print("[stage 3/4] dense-reward PPO to a checkpoint", flush=True)
+    # ---- stage 3: RLPD with the classifier as the only reward
+    print(f"[stage 3/3] demonstrations of a scripted expert, then RLPD for {rl_steps} env steps with the classifier as "
+          "the only reward (per step, frozen, stored threshold)", flush=True)
     t = time.time()
-    main, create = s3.main_config, s3.create_config
-    small(main)
-    hist3 = serial_pipeline_reward_model_onpolicy((main, create), seed=0, max_train_iter=n(24)).history
-    timings['3 dense PPO'] = time.time() - t
-
-    # ---- stage 4: resume with the ResNet reward at the calibrated threshold
-    print("[stage 4/4] resuming PPO with the classifier as the reward (terminal, replace, threshold auto)", flush=True)
-    t = time.time()
-    main, create = s4.main_config, s4.create_config
-    small(main)
-    # the threshold stage 2 stored; 0.5 when no threshold reached the target precision on the validation episodes
-    main.reward_model.reward_threshold = 'auto' if (result['report'] or {}).get('chosen_threshold') is not None else 0.5
-    hist4 = serial_pipeline_reward_model_onpolicy(
-        (main, create), seed=0, max_train_iter=n(16), cooptrain_reward=False, pretrain_reward=False
-    ).history
-    timings['4 PPO + ResNet reward'] = time.time() - t
+    demo_counts = recipe.record_demos('pickcube_demos', n(DEMO_EPISODES), env_cfg)
+    timings['3 demos'] = time.time() - t
+    arms = ['frozen'] + (['oracle'] if oracle else [])
+    runs = {}
+    for arm in arms:
+        t = time.time()
+        runs[arm] = recipe.run_arm(arm, f'pickcube_rlpd_{arm}', 'pickcube_demos', rl_steps,
+                                   checkpoint=result['best_path'], eval_every=max(1000, rl_steps // 3))
+        timings[f'3 RLPD ({arm})'] = time.time() - t
+        print(f"[stage 3/3] {arm}: eval success {[(s, round(v, 2)) for s, v in runs[arm]['curve']]}", flush=True)
+    plot_path = plot_curves(runs, 'rlpd_success.png')
 
     scan = scan_image_folder(data_dir, cache=False)
     sources = {}
@@ -168,10 +150,12 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
         sources.setdefault(key, [0, 0])[1 - label] += 1
     val, unamb = result['report'], heldout['subsets']['unambiguous']
     threshold = result['report']['chosen_threshold']
+    frozen = runs['frozen']
+    agreement = frozen['agreement'] or {}
     summary = {
         'training images (success / failure)': ", ".join(f"{k} {s} / {f}" for k, (s, f) in sorted(sources.items()))
         + f" ({planner_counts['success'] + planner_counts['failure']} planner frames of {n(PLANNER_EPISODES)} episodes, "
-          f"{ppo_counts.get('failure', 0)} PPO frames)",
+          f"{rl_counts.get('failure', 0)} PPO frames)",
         'validation episodes (stage 2)': _pr(val['at_chosen'] or val['at_threshold'])
         + f"  over {val['num_images']} frames",
         'chosen threshold': (f"{threshold:.4f} (lowest whose precision on all validation frames is >= "
@@ -184,17 +168,45 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0) -> Dict[str, Any]:
         'held-out report': heldout['paths'].get('report_json', ''),
         'held-out plots': ", ".join(os.path.basename(p) for k, p in heldout['paths'].items() if p.endswith('.png'))
         + f" in {os.path.dirname(heldout['paths'].get('report_json', ''))}",
-        'success rate after stage 3': f"{_success_rate(hist3):.3f}",
-        'success rate after stage 4': f"{_success_rate(hist4):.3f}",
-        'reward model vs env success (stage 4)': _agreement(hist4),
+        'demonstrations': f"{demo_counts['recorded'] + demo_counts['skipped']} episodes of the scripted expert in "
+                          f"pd_ee_delta_pos ({demo_counts['failed']} seeds failed)",
+        'RLPD, learned reward: eval success': f"{frozen['final_success']:.2f} after {frozen['curve'][-1][0]} env steps "
+                                              f"({frozen['eval_episodes']} episodes of unseen initial states; the "
+                                              f"env's success flag); {frozen['curve'][0][1]:.2f} at step 0, the "
+                                              "actor cloned from the demos",
+        'eval success against env steps': ", ".join(f"{step}: {v:.2f}" for step, v in frozen['curve']),
+        'learned reward vs env success (RL)': f"precision {agreement.get('precision', float('nan')):.3f}  recall "
+                                              f"{agreement.get('recall', float('nan')):.3f}  over "
+                                              f"{int(agreement.get('frames', 0))} frames",
+        'RLPD, env reward (oracle)': f"{runs['oracle']['final_success']:.2f} after {runs['oracle']['curve'][-1][0]} env "
+                                     "steps" if 'oracle' in runs else "not run (add --oracle; the benchmark "
+                                                                       "bench/pickcube_learned_reward.py compares them)",
+        'success curve': os.path.abspath(plot_path),
         'wall time': ", ".join(f"{k}: {v:.0f}s" for k, v in timings.items()) + f"; total {time.time() - t_start:.0f}s",
     }
     width = max(len(k) for k in summary)
-    print("\n" + "=" * 110 + "\nPickCube recipe (miniature)\n" + "-" * 110)
+    print("\n" + "=" * 110 + "\nPickCube with a learned reward (miniature)\n" + "-" * 110)
     for k, v in summary.items():
         print(f"{k:<{width}}  {v}")
     print("=" * 110)
-    return dict(summary=summary, validation=val, heldout=heldout)
+    return dict(summary=summary, validation=val, heldout=heldout, runs=runs)
+
+
+def plot_curves(runs: Dict[str, Dict[str, Any]], path: str) -> str:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = dict(frozen='learned reward (frozen classifier)', oracle="env's success reward", cotrain='co-trained')
+    for arm, r in runs.items():
+        steps, success = zip(*r['curve'])
+        ax.plot(steps, success, marker='o', label=labels.get(arm, arm))
+    ax.set(xlabel='env steps', ylabel='eval success rate', ylim=(-0.03, 1.03), title='RLPD on PickCube')
+    ax.legend(loc='upper left')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def quiet_logs() -> None:
@@ -217,13 +229,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='demo_output', help='working directory (recreated)')
     p.add_argument('--scale', type=float, default=1.0, help='multiply targets, episodes and iterations')
+    p.add_argument('--rl-steps', type=int, default=RL_STEPS, help='env steps of the RLPD stage')
+    p.add_argument('--oracle', action='store_true', help="also run RLPD on the env's own success reward")
     p.add_argument('--verbose', action='store_true', help="show DI-engine's INFO logs on the console")
     args = p.parse_args(argv)
     if args.verbose:
         for handler in logging.getLogger().handlers:
             handler.setLevel(logging.INFO)
         logging.getLogger().setLevel(logging.INFO)
-    run_demo(os.path.abspath(args.out), args.scale)
+    run_demo(os.path.abspath(args.out), args.scale, args.rl_steps, args.oracle)
     return 0
 
 

@@ -56,6 +56,7 @@ class Workers:
     image_writer: Optional[LabelledImageWriter]
     tb_logger: SummaryWriter
     monitor: Optional[RewardMonitor] = None
+    demo_pretrain: Optional[Dict[str, Any]] = None  # the policy's pretraining on the demos at set-up, if any
 
     @property
     def demo_buffer(self) -> Optional[DemoBuffer]:
@@ -98,10 +99,15 @@ def setup_workers(
         if with_buffer:
             replay_buffer = create_buffer(cfg.policy.other.replay_buffer, tb_logger=tb_logger, exp_name=cfg.exp_name)
             made.append(replay_buffer)
-        demos = getattr(replay_buffer, 'demos', None)
+        demos, stats = getattr(replay_buffer, 'demos', None), None
         if demos is not None:  # scored once here, as online transitions are when they enter the buffer
             demos.rescore(reward_model if isinstance(reward_model, BaseImageRewardModel) else None)
             logging.info(f"demo buffer: {len(demos)} transitions from {cfg.policy.other.replay_buffer.demo_path}")
+            # a policy that can learn from the demos before RL (RLPD: learn.bc_pretrain_iterations) does so now
+            pretrain = getattr(policy, 'pretrain_on_demos', None)
+            stats = pretrain(demos.scored) if pretrain is not None else None
+            if stats:
+                logging.info(f"actor pretrained on the demos: {stats}")
         collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
         made.append(collector_env)
         evaluator_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in evaluator_env_cfg])
@@ -139,7 +145,7 @@ def setup_workers(
         raise
     return Workers(
         cfg, policy, learner, collector, evaluator, commander, replay_buffer, reward_model, image_writer, tb_logger,
-        monitor
+        monitor, stats
     )
 
 
@@ -192,7 +198,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         from ding.entry.utils import random_collect
         random_collect(cfg.policy, w.policy, collector, collector._env, w.commander, w.replay_buffer,
                        postprocess_data_fn=rm.estimate if w.image_reward else strip_images)
-    history = dict(eval=[], agreement=[], alarm_stop=False)
+    history = dict(eval=[], agreement=[], alarm_stop=False, demo_pretrain=w.demo_pretrain)
     best_return, count = -np.inf, 0
 
     def evaluate() -> bool:

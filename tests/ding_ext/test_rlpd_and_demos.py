@@ -152,3 +152,41 @@ def test_behaviour_cloning_term_pulls_the_actor_to_demo_actions():
         out_plain, out = plain.learn_mode.forward(data), cloned.learn_mode.forward(data)
     assert 'bc_loss' not in out_plain and out['bc_loss'] < 0.05
     assert demo_error(cloned) < 0.15 < start and demo_error(cloned) < demo_error(plain)
+
+
+def test_pretrain_on_demos_clones_the_demo_actions_before_rl():
+    torch.manual_seed(0)
+    demos = batch(n=64, reward=0.0)
+    w = torch.tensor([[0.5, -0.3], [-0.2, 0.4], [0.1, 0.1], [0.3, 0.0], [0.0, -0.5], [0.2, 0.2]])
+    for t in demos:  # a smooth function of the observation, inside the tanh range
+        t['action'] = torch.tanh(t['obs'] @ w)
+    obs, act = torch.stack([t['obs'] for t in demos]), torch.stack([t['action'] for t in demos])
+
+    def error(policy):
+        return (torch.tanh(policy._model(obs, mode='compute_actor')['logit'][0]) - act).pow(2).sum(-1).mean().item()
+
+    assert make_policy().pretrain_on_demos(demos) is None  # bc_pretrain_iterations=0: nothing happens
+    policy = make_policy(bc_pretrain_iterations=300, learning_rate_policy=3e-3)
+    start = error(policy)
+    stats = policy.pretrain_on_demos(demos)
+    assert stats['iterations'] == 300 and stats['demo_transitions'] == 64
+    assert stats['bc_pretrain_last_loss'] < 0.2 * stats['bc_pretrain_first_loss']
+    assert error(policy) < 0.2 * start
+    with pytest.raises(ValueError, match='demo buffer is empty'):
+        policy.pretrain_on_demos([])
+
+
+def test_actor_warmup_trains_the_critics_only():
+    torch.manual_seed(0)
+    policy = make_policy(actor_warmup_updates=3, bc_weight=1.0)
+    actor = [p.detach().clone() for p in policy._model.actor.parameters()]
+    critic = [p.detach().clone() for p in policy._model.critic.parameters()]
+    alpha = policy._alpha.item()
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    for _ in range(3):
+        out = policy.learn_mode.forward(batch())
+        assert out['policy_loss'] == 0.0 and out['critic_loss'] > 0
+    assert same(actor, policy._model.actor.parameters()) and policy._alpha.item() == alpha
+    assert not same(critic, policy._model.critic.parameters())
+    policy.learn_mode.forward(batch())  # the 4th update moves the actor
+    assert not same(actor, policy._model.actor.parameters())

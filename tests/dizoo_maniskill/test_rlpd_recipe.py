@@ -20,6 +20,11 @@ def test_arm_configs(tmp_path):
     assert oracle.env.reward_render_mode == 'none' and frozen_render_mode() == 'every_step'
     assert oracle.policy.other.replay_buffer.demo_path == 'demos' and oracle_create.replay_buffer.type == 'demo_mix'
     assert oracle.policy.eval.evaluator.eval_freq == 500
+    # the recipe's defaults: the actor clones the demos first, a strong BC term keeps it near them
+    assert oracle.policy.learn.bc_pretrain_iterations > 0 and oracle.policy.learn.bc_weight >= 10
+    assert oracle.policy.other.replay_buffer.demo_max_episodes is None
+    some, _ = arm_config('oracle', 'o', 'demos', learn=dict(bc_weight=0.0), demo_episodes=20)
+    assert some.policy.learn.bc_weight == 0.0 and some.policy.other.replay_buffer.demo_max_episodes == 20
     frozen, _ = arm_config('frozen', 'f', 'demos', checkpoint=ckpt, max_episode_steps=20)
     assert frozen.reward_model.cooptrain_reward is False and frozen.reward_model.reward_threshold == 'auto'
     assert frozen.reward_model.reward_mode == 'per_step' and frozen.env.max_episode_steps == 20

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ding.worker import BaseLearner
 
-from ding_ext.demo_episodes import DemoBuffer
+from ding_ext.demo_episodes import DemoBuffer, load_demo_transitions
 from tests.entry.conftest import MODEL
 
 IMAGE = [3, 64, 64]
@@ -50,6 +50,7 @@ def rlpd_config(demo_dir, exp_name, reward_model=True, utd=0.5):
     else:
         main.pop('reward_model')
         create.pop('reward_model')
+        main.policy.learn.bc_pretrain_iterations = 3  # the actor clones the demos before RL
     create.env_manager.type = 'base'
     return main, create
 
@@ -90,6 +91,8 @@ def test_rlpd_half_demo_batches_utd_and_learned_per_step_reward(learned, demo_di
         # the oracle: the env's sparse reward, 1 exactly on the demos' success steps
         successes = torch.tensor([bool(t['success']) for b in batches for t in b])
         assert torch.equal(rewards, successes.float()) and successes.any()
+        pre = policy.history['demo_pretrain']
+        assert pre['iterations'] == 3 and pre['demo_transitions'] == len(load_demo_transitions(demo_dir))
     assert policy.history['eval'] and 'success_mean' in policy.history['eval'][-1]
     assert os.path.isfile(os.path.join('exp', 'rerun_config.py'))
 
