@@ -8,6 +8,7 @@ nothing is overwritten, and the env settings are checked against the folder's ``
     python -m dizoo_maniskill.record_planner_episodes --save-dir pickcube_reward_data --seeds 10000:10040
 """
 import argparse
+import os
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from ding_ext.image_dataset_writer import LabelledImageWriter
@@ -44,12 +45,18 @@ def write_frames(save_dir: str, env_cfg: dict, make_frames: Callable[[], Iterabl
 
 def record_planner_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
                             progress: bool = True, **episode_kwargs) -> Dict[str, int]:
-    """Write the frames of planner episodes for ``seeds`` into ``save_dir``; returns the counts written per class."""
+    """Write the frames of planner episodes for ``seeds`` into ``save_dir``; returns the counts written per class and
+    the number of seeds ``skipped``: those whose episode the folder's sidecar already holds (a re-run resumes)."""
+    from ding_ext.image_folder_dataset import read_sidecar
     from dizoo_maniskill.config.pickcube_base import ENV
-    from dizoo_maniskill.envs.planner_episodes import collect_planner_frames
+    from dizoo_maniskill.envs.planner_episodes import collect_planner_frames, planner_episode_id
     cfg = dict(ENV, **(env_cfg or {}))
-    return write_frames(save_dir, cfg, lambda: collect_planner_frames(seeds, cfg, workers=workers, progress=progress,
-                                                                     **episode_kwargs))
+    present = {row.get('episode_id') for row in read_sidecar(save_dir).values()} if os.path.isdir(save_dir) else set()
+    todo = [s for s in seeds if planner_episode_id(s) not in present]
+    counts = write_frames(save_dir, cfg, lambda: collect_planner_frames(todo, cfg, workers=workers, progress=progress,
+                                                                       **episode_kwargs)) if todo else \
+        dict(success=0, failure=0)
+    return dict(counts, skipped=len(seeds) - len(todo))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

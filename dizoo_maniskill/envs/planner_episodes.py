@@ -79,6 +79,11 @@ def _carry_away(env: gymnasium.Env, dist: float, rng: np.random.Generator) -> bo
     return not isinstance(result, int)
 
 
+def planner_episode_id(seed: int) -> str:
+    """The sidecar's episode id of the planner episode of ``seed``."""
+    return f"planner-s{int(seed)}"
+
+
 def record_planner_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 3, hold_steps: int = 15,
                            retreat_dist: float = 0.1, retreat_hold_steps: int = 8) -> Optional[List[Dict]]:
     """Frames of one planner-solved episode (None when planning fails).
@@ -90,7 +95,7 @@ def record_planner_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 3, 
     from mani_skill.examples.motionplanning.panda.solutions.pick_cube import solve
     frames: List[Dict] = []
     state = dict(step=0, stage='pick_and_place')
-    episode_id = f"planner-s{seed}"
+    episode_id = planner_episode_id(seed)
 
     def on_step(info: Dict) -> None:
         state['step'] += 1

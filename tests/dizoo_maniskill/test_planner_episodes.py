@@ -79,6 +79,10 @@ def test_sidecar_survives_a_cut_short_line_and_restart_continues(dataset, tmp_pa
     after = scan_image_folder(root)
     assert len(after.files) == len(before.files) + counts['success'] + counts['failure']
     assert all(after.frames) and {f['episode_id'] for f in after.frames} == {'planner-s0', 'planner-s1', 'planner-s2'}
+    # seeds whose episode the folder holds are skipped: a re-run resumes instead of duplicating frames
+    again = record_planner_episodes(root, [1, 2], ENV, progress=False, frame_stride=50, hold_steps=3, retreat_dist=0)
+    assert again == dict(success=0, failure=0, skipped=2)
+    assert len(scan_image_folder(root).files) == len(after.files)
 
 
 def test_seed_ranges():
