@@ -74,7 +74,7 @@ def record_demos(demo_dir: str, seeds: Sequence[int], env_cfg: Dict[str, Any], w
     todo = [int(s) for s in seeds if f's{int(s)}' not in present and int(s) not in known_bad]
     counts = dict(recorded=0, skipped=len(seeds) - len(todo), failed=0)
     new_bad = []
-    bar = tqdm(total=len(todo), desc='planner demos', unit='ep', disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc=f"{opts['source']} demos", unit='ep', disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1 or len(todo) <= 1:
             for seed in todo:

@@ -11,6 +11,7 @@
    precision and recall against env success.
 """
 import copy
+import logging
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -84,9 +85,14 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
         raise FileNotFoundError(f"arm {arm!r} needs the trained classifier; not found: {checkpoint}")
     rm = main.reward_model
     rm.update(checkpoint_path=os.path.abspath(checkpoint), image_size=MODEL_IMAGE_SIZE, cooptrain_reward=arm == 'cotrain')
-    if arm == 'cotrain':
+    calibrated = load_checkpoint(checkpoint)[1].get('calibrated_threshold')
+    if calibrated is None:
+        # e.g. a validation split too small to show the target precision with confidence: say so, use 0.5
+        logging.warning(f"{checkpoint} has no calibrated threshold; the {arm} arm uses 0.5")
+        rm.reward_threshold = 0.5
+    elif arm == 'cotrain':
         # the stored threshold as a number: it describes the weights it was calibrated on, a start point here
-        rm.reward_threshold = float(load_checkpoint(checkpoint)[1].get('calibrated_threshold', 0.5))
+        rm.reward_threshold = float(calibrated)
     return main, create
 
 

@@ -26,10 +26,15 @@ def test_arm_configs(tmp_path):
     some, _ = arm_config('oracle', 'o', 'demos', learn=dict(bc_weight=0.0), demo_episodes=20)
     assert some.policy.learn.bc_weight == 0.0 and some.policy.other.replay_buffer.demo_max_episodes == 20
     frozen, _ = arm_config('frozen', 'f', 'demos', checkpoint=ckpt, max_episode_steps=20)
-    assert frozen.reward_model.cooptrain_reward is False and frozen.reward_model.reward_threshold == 'auto'
+    assert frozen.reward_model.cooptrain_reward is False and frozen.reward_model.reward_threshold == 0.5  # uncalibrated
     assert frozen.reward_model.reward_mode == 'per_step' and frozen.env.max_episode_steps == 20
     cotrain, _ = arm_config('cotrain', 'c', 'demos', checkpoint=ckpt)
     assert cotrain.reward_model.cooptrain_reward is True and cotrain.reward_model.reward_threshold == 0.5
+    from ding_ext.checkpoint_io import load_checkpoint, save_checkpoint
+    weights, meta = load_checkpoint(ckpt)
+    calibrated = save_checkpoint(str(tmp_path / 'cal.safetensors'), weights, dict(meta, calibrated_threshold=0.3))
+    assert arm_config('frozen', 'f', 'demos', checkpoint=calibrated)[0].reward_model.reward_threshold == 'auto'
+    assert arm_config('cotrain', 'c', 'demos', checkpoint=calibrated)[0].reward_model.reward_threshold == 0.3
     with pytest.raises(FileNotFoundError, match='classifier'):
         arm_config('frozen', 'f', 'demos', checkpoint=str(tmp_path / 'missing.safetensors'))
     with pytest.raises(ValueError, match='unknown arm'):
