@@ -87,11 +87,21 @@ class RLPDActorCritic(nn.Module):
                                      critic_layer_norm)
         self.action_shape = action_shape
 
+    @staticmethod
+    def _gaussian(out: torch.Tensor) -> List[torch.Tensor]:
+        mu, log_std = out.chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return [mu, log_std.exp()]
+
+    def action_noise(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's sigma with the actor's hidden layers held fixed (gradients reach its last layer only)."""
+        with torch.no_grad():
+            features = self.actor[:-1](obs)
+        return self._gaussian(self.actor[-1](features))[1]
+
     def forward(self, inputs: Any, mode: str) -> Dict[str, Any]:
         if mode == 'compute_actor':
-            mu, log_std = self.actor(inputs).chunk(2, dim=-1)
-            log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
-            return {'logit': [mu, log_std.exp()]}
+            return {'logit': self._gaussian(self.actor(inputs))}
         if mode == 'compute_critic':
             action = inputs['action']
             if action.dim() == 1:
@@ -229,8 +239,9 @@ class RLPDPolicy(SACPolicy):
         }
 
     def pretrain_on_demos(self, transitions: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
-        """Behaviour cloning of the actor's mean action on ``transitions`` (``learn.bc_pretrain_iterations`` steps of
-        ``learn.batch_size``, the policy optimiser); the first and last losses, or None when disabled."""
+        """Behaviour cloning of the actor on ``transitions`` (``learn.bc_pretrain_iterations`` steps of
+        ``learn.batch_size``, the policy optimiser): squared error of the mean action, plus the likelihood of the demo
+        actions for the action noise; the first and last losses, or None when disabled."""
         iterations = int(self._cfg.learn.get('bc_pretrain_iterations', 0) or 0)
         if iterations <= 0:
             return None
@@ -239,12 +250,18 @@ class RLPDPolicy(SACPolicy):
         obs = torch.stack([torch.as_tensor(t['obs'], dtype=torch.float32) for t in transitions]).to(self._device)
         action = torch.stack([torch.as_tensor(t['action'], dtype=torch.float32) for t in transitions]).to(self._device)
         action = action.reshape(len(transitions), -1).clamp(-1.0, 1.0)
+        pre_tanh = torch.atanh(action.clamp(-0.999, 0.999))
         self._learn_model.train()
         losses = []
         for _ in range(iterations):
             idx = torch.randint(len(obs), (min(int(self._cfg.learn.batch_size), len(obs)), ), device=obs.device)
             mu = self._learn_model.forward(obs[idx], mode='compute_actor')['logit'][0]
-            loss = (torch.tanh(mu) - action[idx]).pow(2).sum(-1).mean()
+            # the mean action by squared error; the noise by the likelihood of the demo actions, through the last
+            # layer only: a (near-)deterministic expert leaves little noise in the actions collected next, so the
+            # robot can come to rest at the goal as success requires
+            sigma = self._model.action_noise(obs[idx])
+            nll = -Independent(Normal(mu.detach(), sigma), 1).log_prob(pre_tanh[idx]).mean()
+            loss = (torch.tanh(mu) - action[idx]).pow(2).sum(-1).mean() + 0.1 * nll
             self._optimizer_policy.zero_grad()
             loss.backward()
             self._optimizer_policy.step()

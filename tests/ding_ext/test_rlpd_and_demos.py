@@ -166,9 +166,13 @@ def test_pretrain_on_demos_clones_the_demo_actions_before_rl():
         return (torch.tanh(policy._model(obs, mode='compute_actor')['logit'][0]) - act).pow(2).sum(-1).mean().item()
 
     assert make_policy().pretrain_on_demos(demos) is None  # bc_pretrain_iterations=0: nothing happens
+    def noise(policy):
+        return policy._model(obs, mode='compute_actor')['logit'][1].mean().item()
+
     policy = make_policy(bc_pretrain_iterations=300, learning_rate_policy=3e-3)
-    start = error(policy)
+    start, start_noise = error(policy), noise(policy)
     stats = policy.pretrain_on_demos(demos)
+    assert noise(policy) < 0.5 * start_noise  # deterministic demos: the action noise shrinks too
     assert stats['iterations'] == 300 and stats['demo_transitions'] == 64
     assert stats['bc_pretrain_last_loss'] < 0.2 * stats['bc_pretrain_first_loss']
     assert error(policy) < 0.2 * start
