@@ -190,6 +190,22 @@ def num_updates(cfg: EasyDict, new_env_steps: int) -> int:
     return max(1, int(round(float(utd) * new_env_steps)))
 
 
+NO_LIMIT = int(1e10)  # DI-engine's "no limit" for max_train_iter / max_env_step
+
+
+def _progress_bar(cfg: EasyDict, max_train_iter: int, max_env_step: int, envstep: int):
+    """A tqdm bar over the run's finite budget (env steps, else iterations; None without one), showing the last eval
+    success; ``progress: false`` at the config's top level turns it off."""
+    from tqdm import tqdm
+    if not cfg.get('progress', True):
+        return None
+    if max_env_step < NO_LIMIT:
+        return tqdm(total=int(max_env_step), initial=int(envstep), unit='step', desc=cfg.exp_name, dynamic_ncols=True)
+    if max_train_iter < NO_LIMIT:
+        return tqdm(total=int(max_train_iter), unit='iter', desc=cfg.exp_name, dynamic_ncols=True)
+    return None
+
+
 def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> Dict[str, Any]:
     cfg, learner, collector, evaluator, rm = w.cfg, w.learner, w.collector, w.evaluator, w.reward_model
     learner.call_hook('before_run')
@@ -216,6 +232,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     # should_eval skips); should_eval marks the iteration so the loop does not repeat it
     evaluator.should_eval(learner.train_iter)
     stopped = evaluate()
+    bar = _progress_bar(cfg, max_train_iter, max_env_step, collector.envstep)
     while not stopped:
         collect_kwargs = w.commander.step()
         if evaluator.should_eval(learner.train_iter):
@@ -249,6 +266,10 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
             if not onpolicy and learner.policy.get_attribute('priority') and w.demo_buffer is None:
                 w.replay_buffer.update(learner.priority_info)
         count += 1
+        if bar is not None:
+            bar.update((collector.envstep if bar.unit == 'step' else learner.train_iter - start_iter) - bar.n)
+            last = history['eval'][-1]
+            bar.set_postfix(eval_success=last.get('success_mean', float('nan')), at_step=last['envstep'], refresh=False)
         if w.monitor is not None and w.monitor.should_stop:
             history['alarm_stop'] = True
             break
@@ -258,6 +279,8 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
             break
         if collector.envstep >= max_env_step or learner.train_iter - start_iter >= max_train_iter:
             break
+    if bar is not None:
+        bar.close()
     if not stopped and history['eval'][-1]['train_iter'] != learner.train_iter:
         evaluate()  # the policy as it leaves this run
     learner.call_hook('after_run')
@@ -294,8 +317,8 @@ def serial_pipeline_reward_model_onpolicy(
         seed: int = 0,
         env_setting: Optional[List[Any]] = None,
         model: Optional[torch.nn.Module] = None,
-        max_train_iter: Optional[int] = int(1e10),
-        max_env_step: Optional[int] = int(1e10),
+        max_train_iter: Optional[int] = NO_LIMIT,
+        max_env_step: Optional[int] = NO_LIMIT,
         cooptrain_reward: bool = True,
         pretrain_reward: bool = False,
 ) -> 'Policy':  # noqa
@@ -314,8 +337,8 @@ def serial_pipeline_reward_model_offpolicy(
         seed: int = 0,
         env_setting: Optional[List[Any]] = None,
         model: Optional[torch.nn.Module] = None,
-        max_train_iter: Optional[int] = int(1e10),
-        max_env_step: Optional[int] = int(1e10),
+        max_train_iter: Optional[int] = NO_LIMIT,
+        max_env_step: Optional[int] = NO_LIMIT,
         cooptrain_reward: bool = True,
         pretrain_reward: bool = False,
 ) -> 'Policy':  # noqa
