@@ -1,11 +1,12 @@
 """RLPD on PickCube with the ResNet success classifier as the only, per-step reward.
 
 Off-policy SAC in the RLPD style (``ding_ext.rlpd_policy``: LayerNorm critic ensemble, update-to-data ratio)
-with a demo buffer of motion-planned episodes (half of every batch). The env runs every episode for
+with a demo buffer of scripted-expert episodes (half of every batch); our entry first clones the actor on them
+(``bc_pretrain_iterations``; DI-engine's entry skips that step). The env runs every episode for
 ``max_episode_steps`` (no termination on success): the policy must reach the goal and stay, and the
 per-step classifier reward is the only signal of success it gets. Needs:
 
-    python -m dizoo_maniskill.record_demos --demo-dir pickcube_demos --workers 2     # the demo buffer
+    python -m dizoo_maniskill.record_demos --demo-dir pickcube_demos --workers 2 --source scripted  # the demos
     # a classifier for this env's reward camera at reward_model.checkpoint_path, e.g. as `make demo` trains it
     python dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py
     ding -m serial_reward_model -c dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py -s 0
