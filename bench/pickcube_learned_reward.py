@@ -10,7 +10,7 @@ steps, its wall time, and for the learned arms the reward's online precision and
 target: ``frozen`` reaches 90% success in at most 1.5x the env steps ``oracle`` needs (or, short of 90%, ``oracle``'s
 final level within 1.5x its steps). Writes ``bench/results/pickcube_learned_reward.json`` and a PNG of the curves.
 
-The classifier (planner episodes with hard negatives, recorded with the RL env's reward camera) and the demos are
+The classifier (planner and expert episodes with hard negatives, recorded with the RL env's reward camera) and the demos are
 made once and cached in ``--work-dir``.
 
     python bench/pickcube_learned_reward.py                                   # all arms, 40k steps, seed 0
@@ -30,7 +30,7 @@ if ROOT not in sys.path:
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 
 
-def prepare(work_dir: str, classifier_episodes: int, demo_episodes: int, epochs: int,
+def prepare(work_dir: str, planner_episodes: int, expert_episodes: int, demo_episodes: int, epochs: int,
             demo_source: str = 'scripted') -> Dict[str, Any]:
     """Demos and a trained classifier in ``work_dir`` (reused when present)."""
     from dizoo_maniskill import rlpd_recipe as recipe
@@ -45,7 +45,7 @@ def prepare(work_dir: str, classifier_episodes: int, demo_episodes: int, epochs:
     if not os.path.isfile(ckpt):
         t = time.time()
         data = os.path.join(work_dir, 'classifier_data')
-        recipe.record_classifier_data(data, classifier_episodes, env_cfg)
+        out['classifier_data'] = recipe.record_classifier_data(data, planner_episodes, expert_episodes, env_cfg)
         result = recipe.train_classifier(data, os.path.dirname(ckpt), epochs=epochs)
         out['classifier_seconds'] = round(time.time() - t, 1)
         ckpt = result['best_path']
@@ -125,7 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--demo-episodes', type=int, default=40, help='demonstrations in the demo buffer')
     p.add_argument('--demo-source', choices=('scripted', 'planner'), default='scripted',
                    help='scripted expert (pd_ee_delta_pos) or motion planner episodes converted to it')
-    p.add_argument('--classifier-episodes', type=int, default=28)
+    p.add_argument('--planner-episodes', type=int, default=28, help="the classifier's motion-planned episodes")
+    p.add_argument('--expert-episodes', type=int, default=60,
+                   help="the classifier's episodes of the closed-loop expert in the RL control mode")
     p.add_argument('--classifier-epochs', type=int, default=8)
     p.add_argument('--out', default=os.path.join(RESULTS, 'pickcube_learned_reward.json'))
     p.add_argument('--combine', nargs='+', metavar='JSON',
@@ -141,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seeds = [int(s) for s in args.seeds.split(',')]
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
-    prep = prepare(work, args.classifier_episodes, args.demo_episodes, args.classifier_epochs, args.demo_source)
+    prep = prepare(work, args.planner_episodes, args.expert_episodes, args.demo_episodes, args.classifier_epochs, args.demo_source)
     print(f"classifier {prep['checkpoint']} (threshold {prep['threshold']}); demos {prep['demos']}", flush=True)
     runs = []
     os.chdir(work)

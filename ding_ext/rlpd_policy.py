@@ -141,6 +141,8 @@ class RLPDPolicy(SACPolicy):
             # (int) Behaviour-cloning steps of the actor on the demonstrations before RL starts (``pretrain_on_demos``,
             # called by our entry at set-up): RL then starts from the demos' behaviour instead of a random policy.
             bc_pretrain_iterations=0,
+            # (float) The action noise (pre-tanh std) the cloned actor starts RL with; SAC's temperature tunes it after.
+            bc_action_noise=0.03,
             # (int) Updates that train the critics only, before the actor and the temperature learn: the actor (e.g.
             # pretrained on the demos) is not pushed around by the gradients of untrained critics.
             actor_warmup_updates=0,
@@ -240,8 +242,12 @@ class RLPDPolicy(SACPolicy):
 
     def pretrain_on_demos(self, transitions: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
         """Behaviour cloning of the actor on ``transitions`` (``learn.bc_pretrain_iterations`` steps of
-        ``learn.batch_size``, the policy optimiser): squared error of the mean action, plus the likelihood of the demo
-        actions for the action noise; the first and last losses, or None when disabled."""
+        ``learn.batch_size``, the policy optimiser): squared error of the mean action, and the action noise brought to
+        ``learn.bc_action_noise`` (through the actor's last layer); the first and last losses, or None when disabled.
+
+        The noise is set, not fitted to the demos: a deterministic expert's saturated actions (+-1) put the
+        pre-tanh residuals far out, and the fitted noise (sigma 2-3.5) left 0 of 500 collected PickCube steps a
+        success (the robot must rest at the goal), against 58 of 500 at sigma 0.03 and 6 at 0.1 (20 demos)."""
         iterations = int(self._cfg.learn.get('bc_pretrain_iterations', 0) or 0)
         if iterations <= 0:
             return None
@@ -250,18 +256,18 @@ class RLPDPolicy(SACPolicy):
         obs = torch.stack([torch.as_tensor(t['obs'], dtype=torch.float32) for t in transitions]).to(self._device)
         action = torch.stack([torch.as_tensor(t['action'], dtype=torch.float32) for t in transitions]).to(self._device)
         action = action.reshape(len(transitions), -1).clamp(-1.0, 1.0)
-        pre_tanh = torch.atanh(action.clamp(-0.999, 0.999))
+        target_noise = float(self._cfg.learn.get('bc_action_noise', 0.03))
+        if not target_noise > 0:
+            raise ValueError(f"learn.bc_action_noise must be > 0 (the actor's pre-tanh std after cloning), got {target_noise}")
         self._learn_model.train()
         losses = []
         for _ in range(iterations):
             idx = torch.randint(len(obs), (min(int(self._cfg.learn.batch_size), len(obs)), ), device=obs.device)
             mu = self._learn_model.forward(obs[idx], mode='compute_actor')['logit'][0]
-            # the mean action by squared error; the noise by the likelihood of the demo actions, through the last
-            # layer only: a (near-)deterministic expert leaves little noise in the actions collected next, so the
-            # robot can come to rest at the goal as success requires
+            # the mean action by squared error; the noise, through the last layer only, to bc_action_noise
             sigma = self._model.action_noise(obs[idx])
-            nll = -Independent(Normal(mu.detach(), sigma), 1).log_prob(pre_tanh[idx]).mean()
-            loss = (torch.tanh(mu) - action[idx]).pow(2).sum(-1).mean() + 0.1 * nll
+            noise = (sigma.log() - math.log(target_noise)).pow(2).sum(-1).mean()
+            loss = (torch.tanh(mu) - action[idx]).pow(2).sum(-1).mean() + noise
             self._optimizer_policy.zero_grad()
             loss.backward()
             self._optimizer_policy.step()

@@ -43,20 +43,33 @@ def write_frames(save_dir: str, env_cfg: dict, make_frames: Callable[[], Iterabl
     return written
 
 
+def _record_new_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict], episode_id: Callable[[int], str],
+                         collect: Callable[..., list]) -> Dict[str, int]:
+    from ding_ext.image_folder_dataset import read_sidecar
+    from dizoo_maniskill.config.pickcube_base import ENV
+    cfg = dict(ENV, **(env_cfg or {}))
+    present = {row.get('episode_id') for row in read_sidecar(save_dir).values()} if os.path.isdir(save_dir) else set()
+    todo = [s for s in seeds if episode_id(s) not in present]
+    counts = write_frames(save_dir, cfg, lambda: collect(todo, cfg)) if todo else dict(success=0, failure=0)
+    return dict(counts, skipped=len(seeds) - len(todo))
+
+
 def record_planner_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
                             progress: bool = True, **episode_kwargs) -> Dict[str, int]:
     """Write the frames of planner episodes for ``seeds`` into ``save_dir``; returns the counts written per class and
     the number of seeds ``skipped``: those whose episode the folder's sidecar already holds (a re-run resumes)."""
-    from ding_ext.image_folder_dataset import read_sidecar
-    from dizoo_maniskill.config.pickcube_base import ENV
     from dizoo_maniskill.envs.planner_episodes import collect_planner_frames, planner_episode_id
-    cfg = dict(ENV, **(env_cfg or {}))
-    present = {row.get('episode_id') for row in read_sidecar(save_dir).values()} if os.path.isdir(save_dir) else set()
-    todo = [s for s in seeds if planner_episode_id(s) not in present]
-    counts = write_frames(save_dir, cfg, lambda: collect_planner_frames(todo, cfg, workers=workers, progress=progress,
-                                                                       **episode_kwargs)) if todo else \
-        dict(success=0, failure=0)
-    return dict(counts, skipped=len(seeds) - len(todo))
+    return _record_new_episodes(save_dir, seeds, env_cfg, planner_episode_id, lambda todo, cfg: collect_planner_frames(
+        todo, cfg, workers=workers, progress=progress, **episode_kwargs))
+
+
+def record_expert_episodes(save_dir: str, seeds: Sequence[int], env_cfg: Optional[dict] = None, workers: int = 1,
+                           progress: bool = True, **episode_kwargs) -> Dict[str, int]:
+    """``record_planner_episodes`` for the closed-loop expert's episodes (``dizoo_maniskill.envs.expert_episodes``:
+    the RL control mode's view, with the cube held still off the goal as hard negatives)."""
+    from dizoo_maniskill.envs.expert_episodes import collect_expert_frames, expert_episode_id
+    return _record_new_episodes(save_dir, seeds, env_cfg, expert_episode_id, lambda todo, cfg: collect_expert_frames(
+        todo, cfg, workers=workers, progress=progress, **episode_kwargs))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,7 +1,8 @@
 """The RLPD PickCube recipe as functions, shared by `make demo` and ``bench/pickcube_learned_reward.py``.
 
-1. ``record_classifier_data``: whole motion-planned episodes (successes and the hard negatives around them),
-   every frame labelled by the env, recorded with the RL env's reward camera;
+1. ``record_classifier_data``: whole motion-planned episodes and episodes of the closed-loop expert in the RL
+   control mode (successes and the hard negatives around them: the arm anywhere in the workspace, the cube held
+   still off the goal), every frame labelled by the env, recorded with the RL env's reward camera;
 2. ``train_classifier``: the ResNet success classifier on them, its fidelity report on the validation
    episodes, and the threshold that reaches ``target_precision`` there stored in the checkpoint;
 3. ``record_demos``: motion-planned demonstrations in the RL control mode (``dizoo_maniskill.record_demos``);
@@ -21,7 +22,7 @@ import numpy as np
 ARMS = ('oracle', 'frozen', 'cotrain')
 # seeds: classifier training episodes, demonstrations; RL resets use seed + 100 * k (< 10**5 + seed), evaluation
 # resets 10**7 + 1000 * seed + k (ManiSkillEnv.vary_static_seed)
-CLASSIFIER_SEED, DEMO_SEED = 10000, 500000
+CLASSIFIER_SEED, EXPERT_SEED, DEMO_SEED = 10000, 30000, 500000
 MODEL_IMAGE_SIZE = [3, 64, 64]
 
 
@@ -31,10 +32,19 @@ def env_config(**overrides: Any) -> Dict[str, Any]:
     return dict(copy.deepcopy(dict(rlpd.main_config.env)), **overrides)
 
 
-def record_classifier_data(data_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2) -> Dict[str, int]:
-    from dizoo_maniskill.record_planner_episodes import record_planner_episodes
-    return record_planner_episodes(data_dir, range(CLASSIFIER_SEED, CLASSIFIER_SEED + episodes), env_cfg,
-                                   workers=workers)
+def record_classifier_data(data_dir: str, planner_episodes: int, expert_episodes: int, env_cfg: Dict[str, Any],
+                           workers: int = 2) -> Dict[str, Dict[str, int]]:
+    """Planner and expert episodes into ``data_dir`` (resumed: episodes already there are skipped); counts per source.
+
+    The expert's episodes matter: a classifier trained on planner episodes alone (the gripper turned to the cube,
+    joint-space paths) called 51 frames of an RL policy in ``pd_ee_delta_pos`` success in its first 2,000 steps
+    (the arm swung towards the camera, the cube on the table), of which the env called none a success."""
+    from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes
+    return dict(
+        planner=record_planner_episodes(data_dir, range(CLASSIFIER_SEED, CLASSIFIER_SEED + planner_episodes), env_cfg,
+                                        workers=workers),
+        expert=record_expert_episodes(data_dir, range(EXPERT_SEED, EXPERT_SEED + expert_episodes), env_cfg,
+                                      workers=workers))
 
 
 def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,

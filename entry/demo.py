@@ -1,9 +1,9 @@
 """`make demo`: the RLPD PickCube recipe in miniature on CPU, ending with a summary table.
 
-1. collect: dense-reward PPO writes reward images (RL frames), and whole motion-planned episodes add the
-   success frames and the hard negatives around them (approach, grasp, transport, the cube at the goal while
-   the arm moves, the cube held away from the goal), every frame labelled by the env and seen by the RL env's
-   reward camera;
+1. collect: dense-reward PPO writes reward images (RL frames), and whole motion-planned episodes and episodes of
+   the closed-loop expert in the RL control mode add the success frames and the hard negatives around them
+   (approach, grasp, transport, the arm anywhere in the workspace, the cube at the goal while the arm moves, the
+   cube held away from the goal), every frame labelled by the env and seen by the RL env's reward camera;
 2. train the ResNet classifier (train/val split by episode), print its fidelity report on the validation
    episodes and store in the checkpoint the lowest threshold whose precision on them is at least 0.9 with 95%
    confidence (about 3% of the frames, the cube at the goal while the arm still moves, cannot be judged from one
@@ -30,15 +30,16 @@ import numpy as np
 
 # seeds: held-out planner and random-action episodes, far from the classifier's training episodes (10000+), the demos
 # (500000+) and every seed the collectors and evaluators draw (see dizoo_maniskill.rlpd_recipe)
-HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED = 200000, 300000
+HELDOUT_PLANNER_SEED, HELDOUT_RANDOM_SEED, HELDOUT_EXPERT_SEED = 200000, 300000, 400000
 # precision the stored threshold reaches on all validation frames, the ambiguous ones included (see README), as a
 # one-sided Wilson lower bound at PRECISION_CONFIDENCE: the point estimate on ~400 frames picked thresholds as low
 # as 0.12 that fell to 0.94 precision on unseen seeds
 TARGET_PRECISION, PRECISION_CONFIDENCE = 0.9, 0.95
-PLANNER_EPISODES = 28
+PLANNER_EPISODES = 10
+EXPERT_EPISODES = 40
 DEMO_EPISODES = 40
 # env steps of the RLPD stage (each arm): the actor starts cloned from the demos, RL keeps and refines it
-RL_STEPS = 3000
+RL_STEPS = 2000
 # frames a single image cannot judge: the cube at or near the goal while the arm still moves
 AMBIGUOUS_PHASES = ['at_goal_moving', 'near_goal']
 
@@ -49,12 +50,15 @@ def unambiguous_mask(frames: List[Dict[str, Any]]) -> np.ndarray:
     return np.asarray([f.get('phase') not in AMBIGUOUS_PHASES for f in frames], dtype=bool)
 
 
-def record_heldout(out_dir: str, env_cfg: Dict[str, Any], n_planner: int, n_random: int) -> None:
-    """Held-out frames of unseen seeds: every frame of planner episodes, every 5th of random-action episodes."""
+def record_heldout(out_dir: str, env_cfg: Dict[str, Any], n_planner: int, n_expert: int, n_random: int) -> None:
+    """Held-out frames of unseen seeds: every frame of planner and expert episodes, every 5th of random-action
+    episodes."""
     from dizoo_maniskill.envs.scripted_success import failure_frames
-    from dizoo_maniskill.record_planner_episodes import record_planner_episodes, write_frames
+    from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes, write_frames
     record_planner_episodes(out_dir, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + n_planner), env_cfg,
                             workers=2, frame_stride=1)
+    record_expert_episodes(out_dir, range(HELDOUT_EXPERT_SEED, HELDOUT_EXPERT_SEED + n_expert), env_cfg, workers=2,
+                           frame_stride=1)
     write_frames(out_dir, env_cfg, lambda: failure_frames(n_random, seed=HELDOUT_RANDOM_SEED, env_cfg=env_cfg,
                                                           episode_steps=50, frame_stride=5))
 
@@ -106,12 +110,12 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0, rl_steps: int = RL_ST
     env_cfg = recipe.env_config()
     data_dir = 'pickcube_reward_data'
 
-    # ---- stage 1: RL frames, then whole planner episodes
-    print("[stage 1/3] reward images from dense-reward PPO, then whole motion-planned episodes (every frame labelled "
-          "by the env), seen by the RL env's reward camera", flush=True)
+    # ---- stage 1: RL frames, then whole planner and expert episodes
+    print("[stage 1/3] reward images from dense-reward PPO, then whole motion-planned and expert episodes (every "
+          "frame labelled by the env), seen by the RL env's reward camera", flush=True)
     t = time.time()
     rl_counts = collect_rl_frames(data_dir, env_cfg, n(32), max_iters=n(4))
-    planner_counts = recipe.record_classifier_data(data_dir, n(PLANNER_EPISODES), env_cfg)
+    episode_counts = recipe.record_classifier_data(data_dir, n(PLANNER_EPISODES), n(EXPERT_EPISODES), env_cfg)
     timings['1 collect'] = time.time() - t
 
     # ---- stage 2: the classifier, its report on the validation episodes, and on unseen seeds
@@ -121,9 +125,10 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0, rl_steps: int = RL_ST
                                      precision_confidence=PRECISION_CONFIDENCE)
     print(format_report(result['report']), flush=True)
     timings['2 train classifier'] = time.time() - t
-    print("[stage 2/3] held-out frames of unseen seeds: planner episodes (every frame) and random actions", flush=True)
+    print("[stage 2/3] held-out frames of unseen seeds: planner and expert episodes (every frame), random actions",
+          flush=True)
     t = time.time()
-    record_heldout('pickcube_heldout', env_cfg, n(8), n(4))
+    record_heldout('pickcube_heldout', env_cfg, n(4), n(8), n(4))
     heldout = evaluate_heldout(result['best_path'], 'pickcube_heldout', 'pickcube_reward_model/fidelity_heldout')
     timings['2 held-out check'] = time.time() - t
 
@@ -154,8 +159,9 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0, rl_steps: int = RL_ST
     agreement = frozen['agreement'] or {}
     summary = {
         'training images (success / failure)': ", ".join(f"{k} {s} / {f}" for k, (s, f) in sorted(sources.items()))
-        + f" ({planner_counts['success'] + planner_counts['failure']} planner frames of {n(PLANNER_EPISODES)} episodes, "
-          f"{rl_counts.get('failure', 0)} PPO frames)",
+        + "".join(f" ({c['success'] + c['failure']} {k} frames of {n(e)} episodes)" for k, c, e in (
+            ('planner', episode_counts['planner'], PLANNER_EPISODES), ('expert', episode_counts['expert'], EXPERT_EPISODES)))
+        + f" ({rl_counts.get('failure', 0)} PPO frames)",
         'validation episodes (stage 2)': _pr(val['at_chosen'] or val['at_threshold'])
         + f"  over {val['num_images']} frames",
         'chosen threshold': (f"{threshold:.4f} (lowest whose precision on all validation frames is >= "

@@ -117,9 +117,11 @@ RLPD = dict(
         bc_weight=10.0,
         # little action noise: PickCube's success needs the robot static at the goal, and SAC's default noise
         # (alpha 0.2, target entropy -4) kept it moving: 0 successes in 5,376 collected steps while the same policy
-        # succeeded in 15-45% of its deterministic eval episodes; the cloning also fits the noise to the demos
+        # succeeded in 15-45% of its deterministic eval episodes. The cloned actor starts at pre-tanh std 0.03:
+        # 58 of 500 collected steps succeeded (20 demos), 6 at 0.1, 0 with the noise fitted to the demos
         alpha=0.01,
         target_entropy=-12,
+        bc_action_noise=0.03,
         learner=dict(hook=dict(save_ckpt_after_iter=5000, save_ckpt_after_run=True)),
     ),
     collect=dict(n_sample=64),

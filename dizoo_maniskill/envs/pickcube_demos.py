@@ -119,10 +119,12 @@ def _position(pose: Any) -> np.ndarray:
     return pose.p[0].cpu().numpy() if hasattr(pose.p, 'cpu') else np.asarray(pose.p).reshape(-1)
 
 
-def pickcube_expert_action(base: Any, gain: float = 10.0) -> np.ndarray:
+def pickcube_expert_action(base: Any, gain: float = 10.0, goal: Optional[np.ndarray] = None) -> np.ndarray:
     """A closed-loop PickCube expert for ``pd_ee_delta_pos`` (xyz deltas in [-1, 1] = +-10 cm, gripper 1 open / -1
-    closed), a function of the current state only: above the cube, down, close, carry to the goal, stay there."""
-    tcp, cube, goal = _position(base.agent.tcp.pose), _position(base.cube.pose), _position(base.goal_site.pose)
+    closed), a function of the current state only: above the cube, down, close, carry to the goal (or to ``goal``
+    when given), stay there."""
+    tcp, cube = _position(base.agent.tcp.pose), _position(base.cube.pose)
+    goal = _position(base.goal_site.pose) if goal is None else np.asarray(goal, np.float64)
 
     def move(target: np.ndarray, grip: float) -> np.ndarray:
         return np.concatenate([np.clip((target - tcp) * gain, -1, 1), [grip]]).astype(np.float32)

@@ -13,8 +13,6 @@ and its step. Frames are rendered with ``ManiSkillEnv.render_reward_image``, so 
 goal-marker visibility match what the env puts into ``info['reward_image']`` during RL.
 """
 import copy
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Callable, Dict, List, Optional, Sequence
 
 import gymnasium
@@ -139,28 +137,9 @@ def collect_planner_frames(seeds: Sequence[int], env_cfg: Optional[dict] = None,
                            progress: bool = True, **kwargs) -> List[Dict]:
     """``record_planner_episode`` for each of ``seeds`` (episodes that fail to plan are skipped), in this process
     or split across ``workers`` spawned processes; the frames in seed order."""
-    from tqdm import tqdm
-    seeds = [int(s) for s in seeds]
-    workers = max(1, min(int(workers), len(seeds)))
-    bar = tqdm(total=len(seeds), desc='planner episodes', unit='ep', disable=not progress, dynamic_ncols=True)
+    from .seed_pool import map_seeds
     frames: List[Dict] = []
-    try:
-        if workers <= 1:
-            env = ManiSkillEnv(_planner_env_cfg(env_cfg))
-            env.reset()
-            try:
-                for seed in seeds:
-                    frames += record_planner_episode(env, seed, **kwargs) or []
-                    bar.update(1)
-            finally:
-                env.close()
-            return frames
-        # one seed per task keeps the bar moving; each pool process keeps its own env and renderer
-        with ProcessPoolExecutor(workers, mp_context=get_context('spawn')) as pool:
-            n = len(seeds)
-            for part in pool.map(_episode_in_worker, seeds, [env_cfg] * n, [kwargs] * n):
-                frames += part
-                bar.update(1)
-    finally:
-        bar.close()
+    for part in map_seeds(_episode_in_worker, seeds, (env_cfg, kwargs), workers, progress, 'planner episodes',
+                          _PROCESS_ENV):
+        frames += part
     return frames

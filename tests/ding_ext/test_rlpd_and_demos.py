@@ -169,15 +169,18 @@ def test_pretrain_on_demos_clones_the_demo_actions_before_rl():
     def noise(policy):
         return policy._model(obs, mode='compute_actor')['logit'][1].mean().item()
 
-    policy = make_policy(bc_pretrain_iterations=300, learning_rate_policy=3e-3)
-    start, start_noise = error(policy), noise(policy)
+    policy = make_policy(bc_pretrain_iterations=300, learning_rate_policy=3e-3, bc_action_noise=0.05)
+    start = error(policy)
+    assert noise(policy) > 0.2
     stats = policy.pretrain_on_demos(demos)
-    assert noise(policy) < 0.5 * start_noise  # deterministic demos: the action noise shrinks too
+    assert noise(policy) == pytest.approx(0.05, rel=0.2)  # the noise RL starts from: bc_action_noise
     assert stats['iterations'] == 300 and stats['demo_transitions'] == 64
     assert stats['bc_pretrain_last_loss'] < 0.2 * stats['bc_pretrain_first_loss']
     assert error(policy) < 0.2 * start
     with pytest.raises(ValueError, match='demo buffer is empty'):
         policy.pretrain_on_demos([])
+    with pytest.raises(ValueError, match='bc_action_noise'):
+        make_policy(bc_pretrain_iterations=1, bc_action_noise=0.0).pretrain_on_demos(demos)
 
 
 def test_actor_warmup_trains_the_critics_only():

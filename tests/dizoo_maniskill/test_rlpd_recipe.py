@@ -49,3 +49,21 @@ def test_steps_to_reach_and_pooled_agreement():
     a = pooled_agreement(rows)
     assert a['precision'] == pytest.approx(0.8) and a['recall'] == pytest.approx(4 / 6) and a['frames'] == 20
     assert math.isnan(pooled_agreement([dict(tp=0, fp=0, fn=0, frames=5)])['precision'])
+
+
+def test_classifier_data_holds_planner_and_expert_episodes_and_resumes(tmp_path):
+    from ding_ext.image_folder_dataset import scan_image_folder
+    from dizoo_maniskill.rlpd_recipe import CLASSIFIER_SEED, EXPERT_SEED, env_config, record_classifier_data
+    data = str(tmp_path / 'data')
+    env_cfg = env_config(image_size=[3, 48, 48])
+    counts = record_classifier_data(data, 1, 1, env_cfg, workers=1)
+    assert set(counts) == {'planner', 'expert'}
+    scan = scan_image_folder(data)
+    episodes = set(scan.episode_ids)
+    assert episodes == {f'planner-s{CLASSIFIER_SEED}', f'expert-s{EXPERT_SEED}'}
+    for source in ('planner', 'expert'):
+        labels = [lab for f, lab in zip(scan.frames, scan.labels) if f['source'] == source]
+        assert counts[source]['success'] == sum(labels) > 0 and counts[source]['failure'] == len(labels) - sum(labels)
+    again = record_classifier_data(data, 1, 1, env_cfg, workers=1)
+    assert again['planner']['skipped'] == again['expert']['skipped'] == 1
+    assert len(scan_image_folder(data).files) == len(scan.files)
