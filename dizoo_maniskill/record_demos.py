@@ -12,8 +12,6 @@ env settings are checked against the folder's ``metadata.json``.
 import argparse
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any, Dict, Optional, Sequence
 
 from ding_ext.checkpoint_io import write_json_atomic
@@ -33,7 +31,7 @@ def _read_failed(path: str) -> Dict[str, list]:
         return {}
     with open(path) as f:
         return json.load(f)
-DEFAULTS = dict(source='planner', hold_steps=10, action_stride=3)
+DEFAULTS = dict(source='scripted', hold_steps=10, action_stride=3)
 SOURCES = ('planner', 'scripted')
 
 
@@ -60,7 +58,7 @@ def record_demos(demo_dir: str, seeds: Sequence[int], env_cfg: Dict[str, Any], w
                  progress: bool = True, **kwargs: Any) -> Dict[str, int]:
     """Record the seeds not yet in ``demo_dir``; returns counts of recorded, skipped (present, or failed before with
     the same options: ``failed_seeds.json``) and failed seeds."""
-    from tqdm import tqdm
+    from dizoo_maniskill.envs.seed_pool import map_seeds
     from entry.experiment_config import demo_env_metadata
     write_metadata(demo_dir, demo_env_metadata(env_cfg))
     present = set(episode_names(demo_dir))
@@ -74,29 +72,16 @@ def record_demos(demo_dir: str, seeds: Sequence[int], env_cfg: Dict[str, Any], w
     todo = [int(s) for s in seeds if f's{int(s)}' not in present and int(s) not in known_bad]
     counts = dict(recorded=0, skipped=len(seeds) - len(todo), failed=0)
     new_bad = []
-    bar = tqdm(total=len(todo), desc=f"{opts['source']} demos", unit='ep', disable=not progress, dynamic_ncols=True)
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for seed in todo:
-                name = _record(seed, env_cfg, demo_dir, opts)
-                counts['recorded' if name else 'failed'] += 1
-                new_bad += [] if name else [seed]
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context('spawn')) as pool:
-                n = len(todo)
-                for seed, name in zip(todo, pool.map(_record, todo, [env_cfg] * n, [demo_dir] * n, [opts] * n)):
-                    counts['recorded' if name else 'failed'] += 1
-                    new_bad += [] if name else [seed]
-                    bar.update(1)
+        names = map_seeds(_record, todo, (env_cfg, demo_dir, opts), workers, progress, f"{opts['source']} demos",
+                          _PROCESS)
+        for seed, name in zip(todo, names):
+            counts['recorded' if name else 'failed'] += 1
+            new_bad += [] if name else [seed]
     finally:
-        bar.close()
         if new_bad:
             failed[_options_key(opts)] = sorted(known_bad | set(new_bad))
             write_json_atomic(failed_file, failed)
-        if 'env' in _PROCESS:
-            _PROCESS.pop('env').close()
-            _PROCESS.pop('planner').close()
     return counts
 
 

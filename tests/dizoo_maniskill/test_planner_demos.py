@@ -17,7 +17,7 @@ ENV_CFG = dict(ENV, **RLPD_ENV, image_size=[3, 64, 64])
 @pytest.fixture(scope='module')
 def demos(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('demos') / 'pickcube_demos')
-    counts = record_demos(root, SEEDS, ENV_CFG, workers=1, progress=False)
+    counts = record_demos(root, SEEDS, ENV_CFG, workers=1, progress=False, source='planner')
     return root, counts
 
 
@@ -59,18 +59,18 @@ def test_demo_actions_replay_to_success_open_loop(demos):
 
 def test_recording_resumes_and_checks_the_env(demos):
     root, _ = demos
-    again = record_demos(root, SEEDS + [500002], ENV_CFG, workers=1, progress=False)
+    again = record_demos(root, SEEDS + [500002], ENV_CFG, workers=1, progress=False, source='planner')
     assert again['skipped'] == 2 and again['recorded'] + again['failed'] == 1
     # seed 500007 does not end in success with these options: remembered, not retried
-    assert record_demos(root, [500007], ENV_CFG, progress=False) == dict(recorded=0, skipped=0, failed=1)
-    assert record_demos(root, [500007], ENV_CFG, progress=False) == dict(recorded=0, skipped=1, failed=0)
+    assert record_demos(root, [500007], ENV_CFG, progress=False, source='planner') == dict(recorded=0, skipped=0, failed=1)
+    assert record_demos(root, [500007], ENV_CFG, progress=False, source='planner') == dict(recorded=0, skipped=1, failed=0)
     assert 500007 in list(json.load(open(os.path.join(root, 'failed_seeds.json'))).values())[0]
     # other options: tried again
-    assert record_demos(root, [500007], ENV_CFG, progress=False, hold_steps=3)['skipped'] == 0
+    assert record_demos(root, [500007], ENV_CFG, progress=False, hold_steps=3, source='planner')['skipped'] == 0
     with pytest.raises(ValueError, match='control_mode'):
-        record_demos(root, SEEDS, dict(ENV_CFG, control_mode='pd_joint_delta_pos'), progress=False)
+        record_demos(root, SEEDS, dict(ENV_CFG, control_mode='pd_joint_delta_pos'), progress=False, source='planner')
     with pytest.raises(ValueError, match='planner demos convert'):
-        record_demos(str(root) + '_abs', [500003], dict(ENV_CFG, control_mode='pd_joint_pos'), progress=False)
+        record_demos(str(root) + '_abs', [500003], dict(ENV_CFG, control_mode='pd_joint_pos'), progress=False, source='planner')
     transitions = load_demo_transitions(root, dict(control_mode='pd_ee_delta_pos'))
     assert sum(t['done'] for t in transitions) == len(episode_names(root))
 
