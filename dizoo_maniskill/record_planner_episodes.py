@@ -1,4 +1,4 @@
-"""Add whole motion-planned PickCube episodes to a stage-1 image folder: success frames and hard negatives.
+"""Add whole motion-planned PickCube episodes (or closed-loop expert episodes) to a stage-1 image folder.
 
 Every recorded frame is labelled by the env's success flag and gets a sidecar row (episode id, step,
 source='planner', cube-to-goal distance, robot static, grasped, phase); see
@@ -6,6 +6,9 @@ source='planner', cube-to-goal distance, robot static, grasped, phase); see
 nothing is overwritten, and the env settings are checked against the folder's ``metadata.json``.
 
     python -m dizoo_maniskill.record_planner_episodes --save-dir pickcube_reward_data --seeds 10000:10040
+    # the expert in the RL control mode (pd_ee_delta_pos): wandering arm, cube held at and off the goal
+    python -m dizoo_maniskill.record_planner_episodes --source expert --save-dir pickcube_rlpd_reward_data \
+        --seeds 30000:30060 --config dizoo_maniskill/config/pickcube_rlpd_resnet_reward_config.py
 """
 import argparse
 import os
@@ -78,9 +81,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--seeds', type=parse_seeds, default=parse_seeds('10000:10020'),
                    help='START:STOP or a comma list; keep them away from the seeds you evaluate on')
     p.add_argument('--workers', type=int, default=1, help='processes (each renders with its own env)')
-    p.add_argument('--frame-stride', type=int, default=3, help='record every k-th step (and every step near the goal)')
-    p.add_argument('--hold-steps', type=int, default=15, help='steps held at the goal after the pick-and-place')
-    p.add_argument('--retreat-dist', type=float, default=0.1, help='carry the cube this far (m) from the goal after the hold; 0 = off')
+    p.add_argument('--source', choices=('planner', 'expert'), default='planner',
+                   help="planner: ManiSkill's motion planner (joint space); expert: the closed-loop expert in "
+                        "pd_ee_delta_pos (dizoo_maniskill.envs.expert_episodes), what an RL policy in that mode sees")
+    p.add_argument('--frame-stride', type=int, default=None,
+                   help='record every k-th step (and every step near the goal); default 3 (planner), 2 (expert)')
+    p.add_argument('--hold-steps', type=int, default=None, help='steps held at the goal; default 15 (planner), 8 (expert)')
+    p.add_argument('--retreat-dist', type=float, default=0.1,
+                   help='planner: carry the cube this far (m) from the goal after the hold; 0 = off')
     p.add_argument('--config', default=None,
                    help="record with the env of this RL config (e.g. dizoo_maniskill/config/"
                         "pickcube_rlpd_resnet_reward_config.py); default: the PPO recipe's env")
@@ -93,11 +101,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         env_cfg = dict(read_config(args.config)[0].env)
     if args.show_goal_site is not None:
         env_cfg['show_goal_site'] = bool(args.show_goal_site)
-    counts = record_planner_episodes(args.save_dir, args.seeds, env_cfg, workers=args.workers,
-                                     frame_stride=args.frame_stride, hold_steps=args.hold_steps,
-                                     retreat_dist=args.retreat_dist)
-    print(f"wrote {counts['success']} success and {counts['failure']} failure frames from {len(args.seeds)} planner "
-          f"episodes to {args.save_dir}")
+    kwargs = {k: v for k, v in dict(frame_stride=args.frame_stride, hold_steps=args.hold_steps).items() if v is not None}
+    if args.source == 'planner':
+        counts = record_planner_episodes(args.save_dir, args.seeds, env_cfg, workers=args.workers,
+                                         retreat_dist=args.retreat_dist, **kwargs)
+    else:
+        counts = record_expert_episodes(args.save_dir, args.seeds, env_cfg, workers=args.workers, **kwargs)
+    print(f"wrote {counts['success']} success and {counts['failure']} failure frames from {len(args.seeds)} "
+          f"{args.source} episodes to {args.save_dir} ({counts['skipped']} already there)")
     return 0
 
 

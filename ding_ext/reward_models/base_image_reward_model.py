@@ -20,13 +20,13 @@ from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
+from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
 from ..transitions import FRAME_INFO_KEY, as_bool, labelled_images, lookup
 
 logger = logging.getLogger(__name__)
 
 REWARD_MODES = ("per_step", "terminal")
 COMBINE_MODES = ("replace", "add", "weighted")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class BaseImageRewardModel(BaseRewardModel):
@@ -42,7 +42,9 @@ class BaseImageRewardModel(BaseRewardModel):
         image_crop=None,
         # (bool) Normalise with ImageNet mean/std (keep true with ImageNet-pretrained weights).
         normalize=True,
-        # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16.
+        # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16 | auto (bf16 or fp16 only
+        # where the device runs it natively, else fp32; see ding_ext.precision). The choice is logged and kept in
+        # ``precision_choice``.
         precision='fp32',
         # (str) per_step: score every transition; terminal: score transitions with done=True, r=0 elsewhere.
         reward_mode='terminal',
@@ -123,7 +125,11 @@ class BaseImageRewardModel(BaseRewardModel):
         self._validate_config()
         self.device = torch.device(device)
         self.tb_logger = tb_logger
-        self.dtype = PRECISIONS[self.cfg.precision]
+        precision, reason = resolve_precision(self.cfg.precision, self.device)
+        self.precision_choice = dict(precision=precision, reason=reason)
+        if self.cfg.precision == 'auto':
+            logger.info("reward model precision 'auto' chose %s on %s: %s", precision, self.device, reason)
+        self.dtype = PRECISIONS[precision]
         self.network = self.build_network().to(self.device)
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
@@ -203,8 +209,8 @@ class BaseImageRewardModel(BaseRewardModel):
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {c.reward_mode!r}")
         if c.combine_mode not in COMBINE_MODES:
             raise ValueError(f"combine_mode must be one of {COMBINE_MODES}, got {c.combine_mode!r}")
-        if c.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {c.precision!r}")
+        if c.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {c.precision!r}")
         check_crop(c.image_crop)
         if len(c.image_size) != 3:
             raise ValueError(f"image_size must be [C, H, W], got {c.image_size!r}")

@@ -111,6 +111,26 @@ def test_low_precision_inference_matches_fp32(precision):
     assert torch.allclose(p32, plow, atol=0.05)
 
 
+def test_auto_precision_picks_low_precision_only_where_it_is_native(tmp_path):
+    from ding_ext.precision import cpu_flags, resolve_precision
+    cpu = torch.device('cpu')
+    assert resolve_precision('bf16', cpu) == ('bf16', 'set in the config')  # explicit choices are kept
+    assert resolve_precision('auto', cpu, flags={'avx2', 'avx512_bf16'})[0] == 'bf16'
+    assert resolve_precision('auto', cpu, flags={'avx2', 'amx_bf16'})[0] == 'bf16'
+    choice, reason = resolve_precision('auto', cpu, flags={'avx2', 'avx512f'})
+    assert choice == 'fp32' and 'emulated' in reason
+    with pytest.raises(ValueError, match='precision'):
+        resolve_precision('int4', cpu)
+    # this machine's own flags, read from /proc/cpuinfo, decide for a model built with precision='auto'
+    native = bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})
+    model = make_model(image_size=[3, 32, 32], precision='auto')
+    assert model.precision_choice['precision'] == ('bf16' if native else 'fp32')
+    assert model.dtype == (torch.bfloat16 if native else torch.float32)
+    flags = tmp_path / 'cpuinfo'
+    flags.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\n")
+    assert cpu_flags(str(flags)) == {'fpu', 'sse', 'avx512_bf16'} and cpu_flags(str(tmp_path / 'none')) == set()
+
+
 def test_collect_train_clear_and_tensorboard(tb_logger, tmp_path):
     model = make_model(tb_logger, update_per_collect=3, batch_size=8, clear_buffer_per_iters=5)
     data = transitions()

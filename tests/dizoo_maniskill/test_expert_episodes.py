@@ -49,3 +49,18 @@ def test_wandering_reaches_the_workspace_and_other_control_modes_are_refused():
         env.close()
     with pytest.raises(ValueError, match='pd_ee_delta_pos'):
         record_expert_episode(ManiSkillEnv(dict(ENV, control_mode='pd_joint_delta_pos')), 0)
+
+
+def test_cli_records_expert_episodes_for_an_rl_config(tmp_path):
+    import json
+    import os
+    from dizoo_maniskill.record_planner_episodes import main as record_main
+    root = str(tmp_path / 'data')
+    config = os.path.join(os.path.dirname(__file__), '..', '..', 'dizoo_maniskill', 'config',
+                          'pickcube_rlpd_resnet_reward_config.py')
+    assert record_main(['--source', 'expert', '--save-dir', root, '--seeds', '1', '--frame-stride', '6',
+                        '--config', config]) == 0
+    scan = scan_image_folder(root)
+    assert {f['episode_id'] for f in scan.frames} == {'expert-s1'} and scan.labels.sum() > 0
+    meta = json.load(open(os.path.join(root, 'metadata.json')))
+    assert meta['control_mode'] == 'pd_ee_delta_pos' and meta['env_image_size'] == [3, 128, 128]
