@@ -185,13 +185,13 @@ class RLPDPolicy(SACPolicy):
         self._optimizer_q.zero_grad()
         critic_loss.backward()
         self._optimizer_q.step()
+        self._target_model.update(self._learn_model.state_dict())  # Polyak averaging (only its critics are read)
 
         self._updates += 1
         out = {'critic_loss': critic_loss.item()}
         if self._updates <= self._actor_warmup:  # critics only (the actor's monitored losses read 0)
             out.update(policy_loss=0.0, **({'alpha_loss': 0.0} if self._auto_alpha else {}),
                        **({'bc_loss': 0.0} if self._bc_weight > 0 else {}))
-            self._target_model.update(self._learn_model.state_dict())
             return self._learn_output(out, q, target, None)
         mu, sigma = self._learn_model.forward(obs, mode='compute_actor')['logit']
         action, log_prob = _squashed_sample(mu, sigma)
@@ -221,7 +221,6 @@ class RLPDPolicy(SACPolicy):
             else:
                 self._alpha.data.clamp_(min=0)
             out['alpha_loss'] = alpha_loss.item()
-        self._target_model.update(self._learn_model.state_dict())
         return self._learn_output(out, q, target, log_prob)
 
     def _learn_output(self, losses: Dict[str, float], q: torch.Tensor, target: torch.Tensor,
