@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .maniskill_env import NEAR_GOAL_DIST, ManiSkillEnv, _item
-from .pickcube_demos import _position, pickcube_expert_action
+from .pickcube_demos import _position, pickcube_expert_action, toward
+from .planner_episodes import recording_env_cfg
 
 EXPERT_CONTROL_MODE = 'pd_ee_delta_pos'
 # where an exploring policy takes the gripper (m, the robot's base frame: the cube spawns near the origin)
@@ -40,10 +41,6 @@ def _offset_goal(goal: np.ndarray, dist: float, rng: np.random.Generator) -> np.
     target = goal + dist * direction
     target[2] = max(target[2], 0.04)  # above the table with the cube in hand
     return target
-
-
-def _toward(tcp: np.ndarray, target: np.ndarray, grip: float, gain: float = 10.0) -> np.ndarray:
-    return np.concatenate([np.clip((target - tcp) * gain, -1, 1), [grip]]).astype(np.float32)
 
 
 def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, wander_points: int = 2,
@@ -92,7 +89,7 @@ def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, w
             tcp = _position(base.agent.tcp.pose)
             if np.linalg.norm(tcp - point) < 0.02:
                 break
-            step(_toward(tcp, point, grip), 'wander')
+            step(toward(tcp, point, grip), 'wander')
     goal = _position(base.goal_site.pose)
     for _ in range(max_reach_steps):
         if step(pickcube_expert_action(base), 'reach_goal').get('is_obj_placed'):
@@ -109,22 +106,13 @@ def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, w
     return frames
 
 
-def _expert_env_cfg(env_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    cfg = ManiSkillEnv.default_config()
-    cfg.update(dict(env_cfg or {}))
-    if cfg.env_id != 'PickCube-v1':
-        raise ValueError(f"expert episodes use the PickCube expert, got env_id={cfg.env_id!r}")
-    cfg.update(control_mode=EXPERT_CONTROL_MODE, reward_render_mode='none', max_episode_steps=10 ** 6)
-    return cfg
-
-
 _PROCESS_ENV: Dict[str, ManiSkillEnv] = {}
 
 
 def _episode_in_worker(seed: int, env_cfg: Dict[str, Any], kwargs: Dict[str, Any]) -> List[Dict]:
     """One episode in this process; the process keeps its env (and renderer) across episodes."""
     if 'env' not in _PROCESS_ENV:
-        _PROCESS_ENV['env'] = ManiSkillEnv(_expert_env_cfg(env_cfg))
+        _PROCESS_ENV['env'] = ManiSkillEnv(recording_env_cfg(env_cfg, EXPERT_CONTROL_MODE, 'expert'))
     return record_expert_episode(_PROCESS_ENV['env'], int(seed), **kwargs) or []
 
 

@@ -119,6 +119,11 @@ def _position(pose: Any) -> np.ndarray:
     return pose.p[0].cpu().numpy() if hasattr(pose.p, 'cpu') else np.asarray(pose.p).reshape(-1)
 
 
+def toward(tcp: np.ndarray, target: np.ndarray, grip: float, gain: float = 10.0) -> np.ndarray:
+    """The ``pd_ee_delta_pos`` action that moves the TCP towards ``target`` (proportional, clipped to [-1, 1])."""
+    return np.concatenate([np.clip((target - tcp) * gain, -1, 1), [grip]]).astype(np.float32)
+
+
 def pickcube_expert_action(base: Any, gain: float = 10.0, goal: Optional[np.ndarray] = None) -> np.ndarray:
     """A closed-loop PickCube expert for ``pd_ee_delta_pos`` (xyz deltas in [-1, 1] = +-10 cm, gripper 1 open / -1
     closed), a function of the current state only: above the cube, down, close, carry to the goal (or to ``goal``
@@ -127,7 +132,7 @@ def pickcube_expert_action(base: Any, gain: float = 10.0, goal: Optional[np.ndar
     goal = _position(base.goal_site.pose) if goal is None else np.asarray(goal, np.float64)
 
     def move(target: np.ndarray, grip: float) -> np.ndarray:
-        return np.concatenate([np.clip((target - tcp) * gain, -1, 1), [grip]]).astype(np.float32)
+        return toward(tcp, target, grip, gain)
 
     if bool(_item(base.agent.is_grasping(base.cube))):
         return move(goal, -1.0)

@@ -38,13 +38,14 @@ class _StepRecorder(gymnasium.Wrapper):
         return out
 
 
-def _planner_env_cfg(env_cfg: Optional[dict]) -> dict:
+def recording_env_cfg(env_cfg: Optional[dict], control_mode: str, driver: str) -> dict:
+    """The env that records PickCube episodes driven by ``driver`` (named in the error) in ``control_mode``: long
+    episodes, nothing rendered unless a frame is recorded."""
     cfg = ManiSkillEnv.default_config()
     cfg.update(copy.deepcopy(dict(env_cfg or {})))
     if cfg.env_id != 'PickCube-v1':
-        raise ValueError(f"planner episodes use the PickCube motion planner, got env_id={cfg.env_id!r}")
-    # the planner runs long episodes with absolute joint targets; nothing is rendered unless recorded
-    cfg.update(control_mode=PLANNER_CONTROL_MODE, reward_render_mode='none', max_episode_steps=10 ** 6)
+        raise ValueError(f"{driver} episodes use the PickCube {driver}, got env_id={cfg.env_id!r}")
+    cfg.update(control_mode=control_mode, reward_render_mode='none', max_episode_steps=10 ** 6)
     return cfg
 
 
@@ -128,7 +129,7 @@ def _episode_in_worker(seed: int, env_cfg: Optional[dict], kwargs: dict) -> List
     """One episode in a pool process; the process keeps its env (and renderer) across episodes."""
     env = _PROCESS_ENV.get('env')
     if env is None:
-        env = _PROCESS_ENV['env'] = ManiSkillEnv(_planner_env_cfg(env_cfg))
+        env = _PROCESS_ENV['env'] = ManiSkillEnv(recording_env_cfg(env_cfg, PLANNER_CONTROL_MODE, 'motion planner'))
         env.reset()
     return record_planner_episode(env, int(seed), **kwargs) or []
 
