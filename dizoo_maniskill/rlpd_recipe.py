@@ -5,7 +5,7 @@
    still off the goal), every frame labelled by the env, recorded with the RL env's reward camera;
 2. ``train_classifier``: the ResNet success classifier on them, its fidelity report on the validation
    episodes, and the threshold that reaches ``target_precision`` there stored in the checkpoint;
-3. ``record_demos``: motion-planned demonstrations in the RL control mode (``dizoo_maniskill.record_demos``);
+3. ``record_demos``: demonstrations in the RL control mode, of the scripted expert by default (``dizoo_maniskill.record_demos``);
 4. ``run_arm``: RLPD (``pickcube_rlpd_resnet_reward_config``) with one reward: the env's sparse success
    (``oracle``), the frozen classifier (``frozen``) or the classifier co-trained on env success labels
    (``cotrain``); returns the eval success curve against env steps and the learned reward's online
