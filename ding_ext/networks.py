@@ -9,6 +9,7 @@ import torchvision
 from .checkpoint_io import load_state_dict_file
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+FUSIONS = ("early", "late")
 
 
 class ResNetClassifier(nn.Module):
@@ -17,6 +18,10 @@ class ResNetClassifier(nn.Module):
     ``hidden_dim`` None gives a linear head; an int gives Linear -> ReLU -> Dropout -> Linear.
     ``pretrained`` is False or the path of a local torchvision ResNet weights file (``.pth``/``.pt``
     /``.safetensors`` with the backbone's keys); nothing is downloaded.
+
+    ``frames`` > 1 classifies a clip: the input is [B, 3 * frames, H, W] (the frames stacked on channels, oldest
+    first). ``fusion`` 'early': the first convolution sees all frames at once (pixel-level motion; pretrained
+    weights are spread over the frames); 'late': one shared trunk per frame, the head sees all frames' features.
     """
 
     def __init__(
@@ -25,10 +30,17 @@ class ResNetClassifier(nn.Module):
         hidden_dim: Optional[int] = 256,
         dropout: float = 0.0,
         pretrained: Union[bool, str, None] = False,
+        frames: int = 1,
+        fusion: str = "early",
     ) -> None:
         super().__init__()
         if arch not in RESNET_ARCHS:
             raise ValueError(f"arch must be one of {RESNET_ARCHS}, got {arch!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if int(frames) < 1:
+            raise ValueError(f"frames must be >= 1, got {frames!r}")
+        self.frames, self.fusion = int(frames), fusion
         backbone = getattr(torchvision.models, arch)(weights=None)
         if pretrained:
             if pretrained is True or not isinstance(pretrained, (str, os.PathLike)):
@@ -45,7 +57,14 @@ class ResNetClassifier(nn.Module):
                     f"pretrained weights {pretrained} do not fit {arch}: "
                     f"missing {missing[:5]}, unexpected {unexpected[:5]}"
                 )
-        feat_dim = backbone.fc.in_features
+        if self.frames > 1 and fusion == "early":
+            conv = backbone.conv1
+            early = nn.Conv2d(3 * self.frames, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              bias=False)
+            with torch.no_grad():  # each frame starts with the single-image filters, scaled to keep activations
+                early.weight.copy_(conv.weight.repeat(1, self.frames, 1, 1) / self.frames)
+            backbone.conv1 = early
+        feat_dim = backbone.fc.in_features * (self.frames if fusion == "late" else 1)
         backbone.fc = nn.Identity()
         self.backbone = backbone
         if hidden_dim:
@@ -62,4 +81,8 @@ class ResNetClassifier(nn.Module):
         return self.head[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frames > 1 and self.fusion == "late":
+            b = x.shape[0]
+            feats = self.backbone(x.reshape(b * self.frames, x.shape[1] // self.frames, *x.shape[2:]))
+            return self.head(feats.reshape(b, -1)).squeeze(-1)
         return self.head(self.backbone(x)).squeeze(-1)

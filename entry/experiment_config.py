@@ -19,7 +19,8 @@ RERUN_CONFIG_FILE = 'rerun_config.py'
 ENV_METADATA_FIELDS = {'control_mode': 'control_mode', 'reward_render_mode': 'reward_render_mode',
                        'show_goal_site': 'show_goal_site', 'image_size': 'env_image_size',
                        'reward_camera': 'reward_camera', 'reward_camera_pose': 'reward_camera_pose',
-                       'reward_camera_fov': 'reward_camera_fov'}
+                       'reward_camera_fov': 'reward_camera_fov', 'reward_frames': 'reward_frames',
+                       'reward_frame_stride': 'reward_frame_stride'}
 
 
 def env_metadata(env_cfg: EasyDict) -> Dict[str, Any]:

@@ -1,5 +1,6 @@
 """Image reward models; importing this package registers them in DI-engine's REWARD_MODEL_REGISTRY."""
 from .base_image_reward_model import BaseImageRewardModel
 from .resnet_reward_model import ResNetRewardModel
+from .base_video_reward_model import BaseVideoRewardModel, ResNetVideoRewardModel
 
-__all__ = ["BaseImageRewardModel", "ResNetRewardModel"]
+__all__ = ["BaseImageRewardModel", "ResNetRewardModel", "BaseVideoRewardModel", "ResNetVideoRewardModel"]

@@ -200,7 +200,8 @@ class BaseImageRewardModel(BaseRewardModel):
     def network_metadata(self) -> Dict[str, Any]:
         """Fields that must agree between a checkpoint and the config."""
         crop = None if self.cfg.image_crop is None else [float(v) for v in self.cfg.image_crop]
-        return dict(image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize), image_crop=crop)
+        return dict(type=self.cfg.type, image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize),
+                    image_crop=crop)
 
     # ------------------------------------------------------------------ config
     def _validate_config(self) -> None:

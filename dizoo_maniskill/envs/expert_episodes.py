@@ -61,6 +61,7 @@ def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, w
     ms_env = env.unwrapped_env
     base = ms_env.unwrapped
     ms_env.reset(seed=int(seed))
+    env.start_reward_clip()
     frames: List[Dict] = []
     state = dict(step=0, reached=False)
     episode_id = expert_episode_id(seed)
@@ -73,8 +74,10 @@ def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, w
         state['step'] += 1
         facts = env.label_facts(info)
         success = bool(_item(info['success']))
+        image = env.render_reward_image() if env.renders_every_step else None  # a clip needs every frame
         if state['step'] % frame_stride == 0 or facts.get('cube_goal_dist', np.inf) <= NEAR_GOAL_DIST:
-            frames.append(dict(image=env.render_reward_image(), success=success, source='expert',
+            image = env.render_reward_image() if image is None else image
+            frames.append(dict(image=image, success=success, source='expert',
                                frame_info=dict(episode_id=episode_id, step=state['step'], expert_stage=stage, noise=round(noise, 3), **facts)))
         state['reached'] |= success
         return facts

@@ -25,6 +25,8 @@ from ding.envs import BaseEnv, BaseEnvTimestep
 from ding.utils import ENV_REGISTRY
 from easydict import EasyDict
 
+from ding_ext.video_frames import FrameHistory
+
 REWARD_RENDER_MODES = ('episode_end', 'every_step', 'none')
 # a cube this far (m) from the goal is "near the goal": PickCube's success radius is 2.5 cm
 NEAR_GOAL_DIST = 0.05
@@ -80,6 +82,12 @@ class ManiSkillEnv(BaseEnv):
         reward_camera_fov=None,
         # (str) When to put the image into info: episode_end (only at done=True) | every_step | none.
         reward_render_mode='episode_end',
+        # (int) Frames in each reward image: 1 = the current frame; k > 1 = a clip of the last k frames side by side
+        # (oldest first, ``ding_ext.video_frames``), for video reward models that must see motion. k > 1 renders a
+        # frame on every step and reset, whatever reward_render_mode says about emitting it.
+        reward_frames=1,
+        # (int) Env steps between the frames of a clip.
+        reward_frame_stride=1,
         # (bool) Show the task's hidden goal markers (PickCube: the green goal sphere) in the reward image.
         show_goal_site=False,
         # (bool) End the episode when the task succeeds (ManiSkill's own termination). False: every episode runs
@@ -112,6 +120,7 @@ class ManiSkillEnv(BaseEnv):
             )
         if len(self._cfg.image_size) != 3 or int(self._cfg.image_size[0]) != 3:
             raise ValueError(f"image_size must be [3, H, W], got {self._cfg.image_size!r}")
+        self._frames = FrameHistory(self._cfg.reward_frames, self._cfg.reward_frame_stride)
         self._env = None  # the gymnasium ManiSkill env, created on the first reset()
         self._observation_space = None
         self._action_space = None
@@ -232,6 +241,7 @@ class ManiSkillEnv(BaseEnv):
         self._episode_return = 0.0
         self._episode_len = 0
         self._success_once = False
+        self.start_reward_clip()
         return self._to_obs(obs)
 
     def step(self, action: np.ndarray) -> BaseEnvTimestep:
@@ -259,14 +269,31 @@ class ManiSkillEnv(BaseEnv):
             # DI-engine's evaluator averages these over its episodes (eval info 'success_mean', ...)
             info['episode_info'] = dict(success=float(success), success_once=float(self._success_once))
         mode = self._cfg.reward_render_mode
-        if mode == 'every_step' or (mode == 'episode_end' and done):
-            info['reward_image'] = self.render_reward_image()
+        emit = mode == 'every_step' or (mode == 'episode_end' and done)
+        if emit or self.renders_every_step:
+            image = self.render_reward_image()
+        if emit:
+            info['reward_image'] = image
             # what the dataset sidecar records next to the image
             info['frame_info'] = dict(episode_id=self._episode_id, step=self._episode_len, **self.label_facts(ms_info))
         return BaseEnvTimestep(self._to_obs(obs), np.array([reward], dtype=np.float32), done, info)
 
+    @property
+    def renders_every_step(self) -> bool:
+        """True when reward images are clips, whose earlier frames must be rendered as the episode goes."""
+        return int(self._cfg.reward_frames) > 1
+
+    def start_reward_clip(self) -> None:
+        """Forget the previous episode's frames (and, for clips, render the start frame); ``reset`` calls it, and so
+        must code that resets the ManiSkill env directly."""
+        self._frames.clear()
+        if self.renders_every_step:
+            self.render_reward_image()
+
     def render_reward_image(self) -> np.ndarray:
-        """RGB uint8 HxWx3 image of the current state from ``reward_camera`` at ``image_size``.
+        """The reward image of the current state: with ``reward_frames`` 1 the RGB uint8 HxWx3 frame from
+        ``reward_camera`` at ``image_size``; with k > 1 the clip of the last k frames ``reward_frame_stride`` steps
+        apart ending at this one, H x (k*W) x 3. Call it once per step (it adds the frame to the clip history).
 
         The env runs in state obs mode, so nothing is rendered by ``step``; here the camera's scene is
         updated and that one camera takes a picture. ManiSkill's hidden objects (goal markers) are
@@ -282,7 +309,8 @@ class ManiSkillEnv(BaseEnv):
         camera = base.scene.sensors[self._cfg.reward_camera]
         camera.capture()
         rgb = camera.get_obs(rgb=True, depth=False, position=False, segmentation=False)['rgb']
-        return np.ascontiguousarray(rgb[0].cpu().numpy(), dtype=np.uint8)
+        self._frames.push(np.ascontiguousarray(rgb[0].cpu().numpy(), dtype=np.uint8))
+        return self._frames.clip()
 
     def random_action(self) -> np.ndarray:
         return self.action_space.sample().astype(np.float32)

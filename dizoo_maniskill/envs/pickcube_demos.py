@@ -82,6 +82,7 @@ def record_demo_episode(env: ManiSkillEnv, planner_env: gymnasium.Env, seed: int
         env.reset()  # builds the ManiSkill env
     planner_env.reset(seed=seed)
     obs, _ = env.unwrapped_env.reset(seed=seed)
+    env.start_reward_clip()  # a clip's history starts with this episode
     recorder = _TransitionRecorder(env, obs, with_images)
     from_pd_joint_pos(mode, actions, planner_env.unwrapped, recorder)
     if not recorder.rows:
@@ -155,6 +156,7 @@ def record_scripted_episode(env: ManiSkillEnv, seed: int, episode_steps: int = 5
     if env.unwrapped_env is None:
         env.reset()
     obs, _ = env.unwrapped_env.reset(seed=seed)
+    env.start_reward_clip()  # a clip's history starts with this episode
     recorder = _TransitionRecorder(env, obs, with_images)
     base = env.unwrapped_env.unwrapped
     for _ in range(int(episode_steps)):

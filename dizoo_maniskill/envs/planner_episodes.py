@@ -26,11 +26,19 @@ GRIPPER_CLOSED = -1.0
 
 
 class _StepRecorder(gymnasium.Wrapper):
-    """Calls ``on_step(info)`` after every step the planner takes."""
+    """Calls ``on_step(info)`` after every step the planner takes, and ``on_reset()`` after each reset."""
 
-    def __init__(self, env: gymnasium.Env, on_step: Callable[[Dict], None]) -> None:
+    def __init__(self, env: gymnasium.Env, on_step: Callable[[Dict], None],
+                 on_reset: Optional[Callable[[], None]] = None) -> None:
         super().__init__(env)
         self._on_step = on_step
+        self._on_reset = on_reset
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        if self._on_reset is not None:
+            self._on_reset()
+        return out
 
     def step(self, action):
         out = self.env.step(action)
@@ -100,13 +108,15 @@ def record_planner_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 3, 
         state['step'] += 1
         facts = env.label_facts(info)
         near = facts.get('cube_goal_dist', np.inf) <= NEAR_GOAL_DIST
+        image = env.render_reward_image() if env.renders_every_step else None  # a clip needs every frame
         if state['step'] % frame_stride == 0 or near:
             frames.append(dict(
-                image=env.render_reward_image(), success=bool(_item(info['success'])), source='planner',
+                image=env.render_reward_image() if image is None else image, success=bool(_item(info['success'])),
+                source='planner',
                 frame_info=dict(episode_id=episode_id, step=state['step'], planner_stage=state['stage'], **facts),
             ))
 
-    recorder = _StepRecorder(env.unwrapped_env, on_step)
+    recorder = _StepRecorder(env.unwrapped_env, on_step, env.start_reward_clip)
     result = solve(recorder, seed=seed, debug=False, vis=False)
     if isinstance(result, int):
         return None

@@ -38,6 +38,9 @@ def solved_frames(num: int, seed: int = 0, env_cfg: Optional[dict] = None, max_f
         raise ValueError(f"solved_frames uses the PickCube motion planner, got env_id={cfg.env_id!r}")
     max_failures = max(10, num) if max_failures is None else max_failures
     env = ManiSkillEnv(cfg)
+    if env.renders_every_step:
+        raise ValueError("scripted success frames are single final frames; for reward_frames > 1 record whole episodes "
+                         "as clips with dizoo_maniskill.record_planner_episodes")
     env.reset()  # creates the ManiSkill env; solve() resets it with each seed
     frames, failed = [], []
     s = seed

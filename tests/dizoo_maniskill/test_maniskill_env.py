@@ -121,6 +121,32 @@ def test_image_size_is_honoured():
     env.close()
 
 
+def test_reward_clips_hold_the_last_frames():
+    """reward_frames=3, stride 2: each reward image is the frames of steps t-4, t-2, t side by side, the same frames
+    a single-frame env renders at those steps; the episode's start frame stands in before step 4; the episode_end
+    image is a clip too."""
+    kw = dict(seed=5, max_episode_steps=6, image_size=[3, 48, 48], reward_render_mode='every_step')
+    actions = np.random.default_rng(0).uniform(-1, 1, (6, 8)).astype(np.float32)
+    single_env = make_env(**kw)
+    single = [t.info['reward_image'] for t in run_episode(single_env, actions)]
+    single_env.close()
+    env = make_env(reward_frames=3, reward_frame_stride=2, **kw)
+    env.reset()
+    start = env._frames.clip()[:, -48:].copy()  # the frame rendered at reset
+    clips = [env.step(a).info['reward_image'] for a in actions]
+    env.close()
+    assert all(c.shape == (48, 144, 3) for c in clips)
+    frames = [start] + single  # the frame after step t is single[t - 1]
+    for t, clip in enumerate(clips, start=1):
+        want = [frames[max(0, t - 4)], frames[max(0, t - 2)], frames[t]]
+        for j in range(3):
+            assert np.array_equal(clip[:, 48 * j:48 * (j + 1)], want[j]), (t, j)
+    end = make_env(reward_frames=2, **dict(kw, reward_render_mode='episode_end'))
+    steps = run_episode(end)
+    assert 'reward_image' not in steps[0].info and steps[-1].info['reward_image'].shape == (48, 96, 3)
+    end.close()
+
+
 def test_seeding_is_reproducible():
     a, b, c = make_env(seed=11), make_env(seed=11), make_env(seed=12)
     obs_a, obs_b, obs_c = a.reset(), b.reset(), c.reset()

@@ -1,0 +1,138 @@
+"""``BaseVideoRewardModel``: reward models that judge a clip of frames, and ``ResNetVideoRewardModel`` (``resnet_video``).
+
+A single frame cannot show whether the robot is still moving; tasks whose success needs a still robot (PickCube:
+"robot static") are judged from a short clip. A clip arrives as one filmstrip image (``ding_ext.video_frames``: the
+env's ``reward_frames`` frames side by side, oldest first), so collection, datasets, the trainer and the fidelity
+report handle clips as they handle frames. The model picks ``num_frames`` of the clip's ``clip_length`` frames
+(``sample_frames``), preprocesses each like a single image (crop, resize, normalise) and stacks them on channels.
+"""
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from ding.utils import REWARD_MODEL_REGISTRY
+
+from ..image_utils import preprocess_images, to_nchw
+from ..networks import FUSIONS, ResNetClassifier
+from ..video_frames import FRAME_SAMPLING, frame_indices, sample_frames, split_filmstrip
+from .base_image_reward_model import BaseImageRewardModel
+from .resnet_reward_model import ResNetRewardModel
+
+DEFAULT_PROMPT = "{task} Has the task been completed successfully? Answer yes or no."
+
+
+class BaseVideoRewardModel(BaseImageRewardModel):
+    """A reward model over clips; subclasses build a network taking [B, 3 * num_frames, H, W]."""
+
+    video_config = dict(
+        # (int) Frames in each incoming clip (the env's ``reward_frames``): a clip is one image of clip_length
+        # frames side by side, each image_size after the resize.
+        clip_length=2,
+        # (int) Frames of each clip the network looks at (<= clip_length).
+        num_frames=2,
+        # (str) Which frames: uniform (evenly spaced, the last included) | last (the newest num_frames) | random
+        # (random earlier frames plus the last, drawn anew for every training batch; scoring uses uniform).
+        frame_sampling='uniform',
+        # (str) Task text for prompt-based models (``format_prompt``); '{task}' in prompt_template is replaced by it.
+        task_description='',
+        # (str) Prompt template of ``format_prompt``.
+        prompt_template=DEFAULT_PROMPT,
+    )
+    config = dict(BaseImageRewardModel.config, type='base_video', **video_config)
+
+    def _validate_config(self) -> None:
+        super()._validate_config()
+        c = self.cfg
+        if c.frame_sampling not in FRAME_SAMPLING:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLING}, got {c.frame_sampling!r}")
+        if not 1 <= int(c.num_frames) <= int(c.clip_length):
+            raise ValueError(f"num_frames must lie in [1, clip_length={c.clip_length}], got {c.num_frames}")
+        if int(c.image_size[0]) != 3:
+            raise ValueError(f"image_size is one frame's [3, H, W], got {c.image_size!r}")
+
+    def network_metadata(self) -> Dict[str, Any]:
+        meta = super().network_metadata()
+        meta.update(clip_length=int(self.cfg.clip_length), num_frames=int(self.cfg.num_frames),
+                    frame_sampling=self.cfg.frame_sampling)
+        return meta
+
+    def sample_frames(self, images: Any, strategy: Optional[str] = None, k: Optional[int] = None,
+                      generator: Optional[torch.Generator] = None) -> Any:
+        """``ding_ext.video_frames.sample_frames`` with this model's strategy and k as defaults."""
+        return sample_frames(images, strategy or self.cfg.frame_sampling, int(k or self.cfg.num_frames), generator)
+
+    def _frame_indices(self) -> torch.Tensor:
+        strategy = self.cfg.frame_sampling
+        if strategy == 'random' and not self.network.training:
+            strategy = 'uniform'  # scoring is deterministic
+        return frame_indices(int(self.cfg.clip_length), int(self.cfg.num_frames), strategy)
+
+    def preprocess_video(self, images: Any) -> torch.Tensor:
+        """Filmstrip clips (any layout/dtype ``preprocess_images`` accepts, or [B, T, H, W, C] / [B, T, C, H, W]
+        arrays) -> float [B, num_frames, 3, H, W] on the model's device, each frame cropped, resized and normalised."""
+        x = to_nchw(images, channels=3) if not _is_clip_batch(images) else _clip_batch_to_strip(images)
+        clips = split_filmstrip(x, int(self.cfg.clip_length))
+        clips = clips.index_select(1, self._frame_indices())
+        b, k = clips.shape[:2]
+        frames = preprocess_images(
+            clips.reshape(b * k, *clips.shape[2:]), self.cfg.image_size, self.cfg.normalize, self.device,
+            torch.float32, crop=self.cfg.image_crop)
+        return frames.reshape(b, k, *frames.shape[1:])
+
+    def preprocess_images(self, images: Any) -> torch.Tensor:
+        """The network's input: the sampled frames of each clip stacked on channels, [B, 3 * num_frames, H, W]."""
+        x = self.preprocess_video(images)
+        x = x.reshape(x.shape[0], -1, *x.shape[3:])
+        if self.device.type == 'cuda':
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def format_prompt(self, task_description: Optional[str] = None) -> str:
+        """The question a prompt-based model answers about a clip."""
+        task = (task_description if task_description is not None else self.cfg.task_description).strip()
+        return self.cfg.prompt_template.replace('{task}', task).strip()
+
+
+def _is_clip_batch(images: Any) -> bool:
+    return (torch.is_tensor(images) or hasattr(images, 'ndim')) and getattr(images, 'ndim', 0) == 5
+
+
+def _clip_batch_to_strip(images: Any) -> torch.Tensor:
+    """[B, T, H, W, C] or [B, T, C, H, W] -> NCHW filmstrips [B, C, H, T*W]."""
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
+    if x.shape[-1] == 3 and x.shape[2] != 3:
+        x = x.permute(0, 1, 4, 2, 3)
+    if x.shape[2] != 3:
+        raise ValueError(f"a clip batch must be [B, T, H, W, 3] or [B, T, 3, H, W], got {tuple(x.shape)}")
+    b, t, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(b, c, h, t * w)
+
+
+@REWARD_MODEL_REGISTRY.register('resnet_video')
+class ResNetVideoRewardModel(BaseVideoRewardModel, ResNetRewardModel):
+    """ResNet success classifier over clips (see ``BaseVideoRewardModel``); ``fusion`` picks where the frames meet."""
+
+    config = dict(
+        ResNetRewardModel.config,
+        **BaseVideoRewardModel.video_config,
+        type='resnet_video',
+        # (str) early: the frames stacked on the first convolution's channels (sees pixel-level motion); late: one
+        # shared trunk per frame, the head sees all frames' features.
+        fusion='early',
+    )
+
+    def _validate_config(self) -> None:
+        super()._validate_config()
+        if self.cfg.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.cfg.fusion!r}")
+
+    def build_network(self) -> nn.Module:
+        c = self.cfg
+        return ResNetClassifier(c.arch, c.hidden_dim, c.dropout, c.pretrained, frames=int(c.num_frames),
+                                fusion=c.fusion)
+
+    def network_metadata(self) -> Dict[str, Any]:
+        meta = super().network_metadata()
+        meta.update(fusion=self.cfg.fusion)
+        return meta
