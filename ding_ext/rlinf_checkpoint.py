@@ -33,8 +33,8 @@ def from_rlinf_resnet(state: Mapping[str, torch.Tensor], source: str = "checkpoi
     if any(k.startswith(RLINF_RESNET10_HEAD_PREFIX) for k in keys) and any(k.startswith("backbone.") for k in keys):
         raise ValueError(
             f"{source} holds RLinf's first ResNet reward model (a ResNet-10 with GroupNorm and a 'classifier.*' head), "
-            "which has no counterpart here; retrain it here (python -m ding_ext.train_reward_model --data DIR). RLinf's "
-            "later torchvision-ResNet reward model (head under backbone.fc) loads here"
+            "which has no counterpart here; retrain it here (python -m ding_ext.train_reward_model --data DIR). "
+            "RLinf's later torchvision-ResNet reward model (head under backbone.fc) loads here"
         )
     if not is_rlinf_resnet_state(state):
         return dict(state)

@@ -143,8 +143,9 @@ def _checkpoint(path: Optional[str], notes: List[str]) -> Optional[str]:
 
 
 def _base_config() -> Dict[str, Any]:
+    # RLinf resizes with plain bilinear interpolation (no antialiasing)
     return dict(type='resnet', import_names=list(CREATE_REWARD_MODEL['import_names']), pretrained=False,
-                cooptrain_reward=False, pretrain_reward=False)
+                resize_antialias=False, cooptrain_reward=False, pretrain_reward=False)
 
 
 def _model_style(reward: _Block, root: Mapping, notes: List[str]) -> Dict[str, Any]:

@@ -44,6 +44,9 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         image_crop=None,
         # (bool) Normalise with ImageNet mean/std (keep true with ImageNet-pretrained weights).
         normalize=True,
+        # (bool) Low-pass filter images the resize to image_size shrinks; false: plain bilinear, as RLinf resizes
+        # (set for its checkpoints by ding_ext.rlinf_migration). Stored in and checked against checkpoints.
+        resize_antialias=True,
         # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16 | auto (bf16 or fp16 only
         # where the device runs it natively, else fp32; see ding_ext.precision). The choice is logged and kept in
         # ``precision_choice``.
@@ -203,7 +206,8 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
     def network_metadata(self) -> Dict[str, Any]:
         """Fields that must agree between a checkpoint and the config."""
         crop = None if self.cfg.image_crop is None else [float(v) for v in self.cfg.image_crop]
-        return dict(image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize), image_crop=crop)
+        return dict(image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize), image_crop=crop,
+                    resize_antialias=bool(self.cfg.resize_antialias))
 
     # ------------------------------------------------------------------ config
     def _validate_config(self) -> None:
@@ -252,7 +256,8 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         """Validated float NCHW batch on the model's device (the one path for training and inference)."""
         return preprocess_images(
             images, self.cfg.image_size, self.cfg.normalize, self.device, torch.float32,
-            channels_last=self.device.type == 'cuda', crop=self.cfg.image_crop
+            channels_last=self.device.type == 'cuda', crop=self.cfg.image_crop,
+            antialias=bool(self.cfg.resize_antialias)
         )
 
     def _autocast(self):
