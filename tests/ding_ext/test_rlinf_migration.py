@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from easydict import EasyDict
 
+from ding_ext import RewardManager
 from ding_ext.rlinf_migration import format_ding_config, main, migrate_rlinf_yaml, rlinf_reward_to_ding
 
 from .helpers import make_model
@@ -131,6 +132,11 @@ def test_rlinf_linear_head_checkpoint_loads(tmp_path):
     ours = load_migrated(path, hidden_dim=None)
     x = np.random.default_rng(2).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     torch.testing.assert_close(ours.predict_proba(x), rlinf.probabilities(x), atol=PROB_TOLERANCE, rtol=0)
+    # RLinf's manager call on a migrated block: the reward is the probability (no success_reward in the block)
+    block = dict(use_reward_model=True, reward_weight=3.0, model=rlinf_model_block(path, hidden_dim=None))
+    manager = RewardManager(rlinf_reward_to_ding(block).reward_model)
+    torch.testing.assert_close(manager.compute_rewards({'main_images': x}, ['pick'] * 6), 3.0 * rlinf.probabilities(x),
+                               atol=3 * PROB_TOLERANCE, rtol=0)
 
 
 def test_rlinf_checkpoint_that_does_not_fit_the_config_says_what_it_looks_like(tmp_path):
