@@ -26,6 +26,8 @@ CLASSIFIER_SEED, EXPERT_SEED, DEMO_SEED = 10000, 30000, 500000
 MODEL_IMAGE_SIZE = [3, 64, 64]
 # a clip classifier's settings, taken from its checkpoint
 VIDEO_KEYS = ('clip_length', 'num_frames', 'frame_sampling', 'fusion')
+# a clip reward: the env keeps its last 5 frames (0.25 s at 20 Hz), the classifier compares the first and the last
+CLIP = dict(reward_frames=5, reward_frame_stride=1, num_frames=2, frame_sampling='uniform', fusion='early')
 
 
 def env_config(**overrides: Any) -> Dict[str, Any]:
