@@ -1,0 +1,166 @@
+"""The ``franka`` env against the real franky-sim cell (libfranka protocol over loopback, MuJoCo physics).
+
+Each test connects its own env to the module's cell and closes it. Poses are the robot's measured TCP pose
+(``O_T_EE`` from the simulated joint state), in metres in the base frame.
+"""
+import time
+
+import numpy as np
+import pytest
+
+from dizoo_franka.envs import FrankaEnv, SafetyBox, SimCamera, make_camera
+from dizoo_franka.envs.cameras import OpenCVCamera, RealSenseCamera
+
+HOLE_XYZ = np.array([0.55, 0.08, 0.12])  # TCP pose with the peg 3 cm deep in the cell's hole
+DOWN = [np.pi, 0.0, 0.0]  # tool z axis pointing down (rotation vector)
+BOX_TOLERANCE = 0.01  # m: how far the measured TCP may stray outside the safety box (tracking lag)
+
+
+def make_env(sim_cell, **overrides) -> FrankaEnv:
+    cfg = dict(
+        robot_ip=sim_cell["robot_ip"],
+        realtime_config="ignore",
+        camera=dict(type="sim", host="127.0.0.1", port=sim_cell["camera_port"]),
+        image_size=[3, 64, 64],
+        reset_ee_pose=[0.55, 0.08, 0.22] + DOWN,
+        target_ee_pose=list(HOLE_XYZ) + DOWN,
+        reset_dynamics_factor=0.2,
+    )
+    cfg.update(overrides)
+    return FrankaEnv(cfg)
+
+
+@pytest.fixture
+def env_factory(sim_cell):
+    envs = []
+
+    def factory(**overrides):
+        envs.append(make_env(sim_cell, **overrides))
+        return envs[-1]
+
+    yield factory
+    for env in envs:
+        env.close()
+
+
+def tcp_pos(env: FrankaEnv) -> np.ndarray:
+    return np.asarray(env.robot.current_cartesian_state.pose.end_effector_pose.translation)
+
+
+def sample_tcp_until(env: FrankaEnv, deadline: float) -> list:
+    samples = []
+    while time.monotonic() < deadline:
+        samples.append(tcp_pos(env))
+        time.sleep(0.005)
+    return samples
+
+
+def test_registered_and_reset_step(env_factory):
+    from ding.utils import ENV_REGISTRY
+    assert ENV_REGISTRY.get("franka") is FrankaEnv
+    env = env_factory()
+    obs = env.reset()
+    assert obs["state"].shape == (14, ) and obs["state"].dtype == np.float32
+    assert obs["image"].shape == (3, 64, 64) and obs["image"].dtype == np.uint8
+    np.testing.assert_allclose(obs["state"][:3], [0.55, 0.08, 0.22], atol=0.003)
+    z0 = obs["state"][2]
+    for _ in range(3):
+        timestep = env.step(np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32))
+    info = timestep.info
+    assert timestep.reward.shape == (1, ) and not timestep.done
+    assert info["reward_image"].shape == (64, 64, 3) and info["reward_image"].dtype == np.uint8
+    assert info["success"] is False and info["episode_len"] == 3
+    np.testing.assert_allclose(info["action_sent"][:3], [0.0, 0.0, 1.0], atol=0.05)
+    # three steps of at most 2 cm up, each from the measured pose (the sim runs slower than real time when the
+    # machine is loaded, so the arm covers less than 6 cm in 0.3 s of wall time)
+    assert 0.01 < timestep.obs["state"][2] - z0 < 0.061
+
+
+def test_safety_box_holds_under_adversarial_actions(env_factory):
+    low, high = np.array([0.50, 0.03, 0.18]), np.array([0.60, 0.13, 0.27])
+    env = env_factory(
+        ee_pose_limit_min=low.tolist(), ee_pose_limit_max=high.tolist(), action_scale=0.08, step_dynamics_factor=0.6,
+        reset_ee_pose=[0.55, 0.08, 0.22] + DOWN
+    )
+    env.reset()
+    rng = np.random.RandomState(0)
+    actions = [np.ones(4)] * 6 + [-np.ones(4)] * 6 + [rng.choice([-1.0, 1.0], size=4) for _ in range(10)]
+    samples, clipped = [], []
+    for action in actions:
+        info = env.step(action).info
+        clipped.append(info["clipped"])
+        assert SafetyBox(low, high).contains(info["target_pose"][:3], tolerance=1e-6)
+        # the measured pose every ~5 ms until just before the next step's tick (franky is not called from a
+        # second thread: concurrent calls into one franky.Robot deadlocked)
+        samples += sample_tcp_until(env, env._next_tick - 0.01)
+    samples += sample_tcp_until(env, time.monotonic() + 0.5)
+    samples = np.array(samples)
+    assert len(samples) > 60
+    worst = np.maximum(low - samples, samples - high).max()
+    assert worst <= BOX_TOLERANCE, f"measured TCP left the box by {worst:.4f} m"
+    assert any(clipped)
+    # the actions really pushed against the box: both corners were (nearly) reached
+    assert np.all(samples.max(axis=0) > high - 0.02) and np.all(samples.min(axis=0) < low + 0.02)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_action_rejected_nothing_sent(env_factory, bad):
+    env = env_factory()
+    env.reset()
+    assert env.robot.poll_motion() is False  # reset's motion has ended: the robot is idle
+    before, commanded = tcp_pos(env), np.array(env.robot.state.O_T_EE_c)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(np.array([0.5, bad, 0.0, 0.0]))
+    time.sleep(0.3)
+    assert env.robot.poll_motion() is False  # no motion was started
+    np.testing.assert_allclose(np.array(env.robot.state.O_T_EE_c), commanded, atol=1e-9)
+    np.testing.assert_allclose(tcp_pos(env), before, atol=1e-4)
+    assert env.step(np.zeros(4)).info["episode_len"] == 1  # the rejected action was not counted as a step
+
+
+def test_success_after_holding_at_target(env_factory):
+    hold = 20
+    env = env_factory(success_hold_steps=hold, max_episode_steps=80)
+    env.reset()
+    history = []
+    for _ in range(80):
+        pos = tcp_pos(env)
+        action = np.append(np.clip((HOLE_XYZ - pos) / 0.02, -1.0, 1.0), 0.0)  # a proportional expert
+        timestep = env.step(action)
+        history.append((timestep.info["at_target"], timestep.info["success"], timestep.info["hold_steps"]))
+        if timestep.done:
+            break
+    at_target, success, hold_steps = (np.array(v) for v in zip(*history))
+    assert success[-1] and timestep.done and timestep.info["terminated"], history
+    assert timestep.reward[0] == 1.0
+    first = int(np.argmax(success))
+    assert first == len(history) - 1 and np.all(at_target[first - hold + 1:first + 1])
+    assert not np.any(success[hold_steps < hold])
+    # the peg is in the hole: 3 cm below the board's top, which only the hole allows
+    np.testing.assert_allclose(tcp_pos(env), HOLE_XYZ, atol=0.005)
+
+
+def test_camera_frames_change_when_the_arm_moves(sim_cell, env_factory):
+    env = env_factory()
+    env.reset()
+    with SimCamera("127.0.0.1", sim_cell["camera_port"]) as camera:
+        first = camera.read()
+        assert first.shape == (128, 128, 3) and first.dtype == np.uint8
+        assert first.std() > 10  # a lit scene, not a blank frame
+        for _ in range(4):
+            env.step(np.array([0.0, 1.0, 1.0, 0.0]))
+        time.sleep(0.5)
+        moved = camera.read()
+    assert np.abs(moved.astype(int) - first.astype(int)).mean() > 1.0
+
+
+def test_camera_errors_are_clear():
+    with pytest.raises(ValueError, match="camera type"):
+        make_camera(dict(type="webcam"))
+    with pytest.raises(RuntimeError, match="could not open"):
+        OpenCVCamera("/nonexistent/video-device")
+    try:
+        import pyrealsense2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pyrealsense2"):
+            RealSenseCamera(serial="000000000000")
