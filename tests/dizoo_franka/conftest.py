@@ -49,7 +49,8 @@ def sim_cell(tmp_path_factory):
     try:
         while ready is None:
             if proc.poll() is not None:
-                pytest.fail(f"the sim cell exited with {proc.returncode}; log: {(workdir / 'sim_cell.log').read_text()}")
+                log_text = (workdir / "sim_cell.log").read_text()
+                pytest.fail(f"the sim cell exited with {proc.returncode}; log: {log_text}")
             if time.monotonic() > deadline:
                 pytest.fail(f"no READY from the sim cell in {READY_TIMEOUT_S} s")
             try:

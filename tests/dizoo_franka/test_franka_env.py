@@ -13,7 +13,10 @@ from dizoo_franka.envs.cameras import OpenCVCamera, RealSenseCamera
 
 HOLE_XYZ = np.array([0.55, 0.08, 0.12])  # TCP pose with the peg 3 cm deep in the cell's hole
 DOWN = [np.pi, 0.0, 0.0]  # tool z axis pointing down (rotation vector)
-BOX_TOLERANCE = 0.01  # m: how far the measured TCP may stray outside the safety box (tracking lag)
+# m: how far the measured TCP may stray outside the safety box. Every commanded target is inside it exactly; the
+# measured TCP overshoots when the arm crosses the whole box at full step speed (franky-sim's joint PD lags its
+# command): 10.9-11.9 mm observed with 50 cm steps at step_dynamics_factor 0.3, none with 0.15.
+BOX_TOLERANCE = 0.015
 
 
 def make_env(sim_cell, **overrides) -> FrankaEnv:
@@ -80,7 +83,8 @@ def test_registered_and_reset_step(env_factory):
 def test_safety_box_holds_under_adversarial_actions(env_factory):
     low, high = np.array([0.50, 0.03, 0.18]), np.array([0.60, 0.13, 0.27])
     env = env_factory(
-        ee_pose_limit_min=low.tolist(), ee_pose_limit_max=high.tolist(), action_scale=0.05,
+        # every action aims up to 50 cm outside the box
+        ee_pose_limit_min=low.tolist(), ee_pose_limit_max=high.tolist(), action_scale=0.5,
         reset_ee_pose=[0.55, 0.08, 0.22] + DOWN
     )
     env.reset()
@@ -99,6 +103,7 @@ def test_safety_box_holds_under_adversarial_actions(env_factory):
     samples = np.array(samples)
     assert len(samples) > 60
     worst = np.maximum(low - samples, samples - high).max()
+    print(f"{len(samples)} samples, worst excursion outside the box {worst * 1000:.1f} mm")
     assert worst <= BOX_TOLERANCE, f"measured TCP left the box by {worst:.4f} m"
     assert any(clipped)
     # the actions really pushed against the box: the arm reached its upper and its lower faces
