@@ -95,12 +95,39 @@ def cheap_rendering(sim) -> None:
     quality.set("offsamples", "2")
 
 
+def copy_kinematics(robot) -> None:
+    """Make the robot's forward kinematics return copies.
+
+    franky-sim's ``BaseRobot.kinematics`` returns pinocchio's ``data.oMf[tcp]`` itself, a reference that every
+    later kinematics call overwrites: the measured pose ``O_T_EE`` it reports then holds the last pose computed,
+    the desired one (from ``q_d``), and the arm's tracking error never shows. With a copy, ``O_T_EE`` is the
+    forward kinematics of the measured joint positions, as on the real robot.
+    """
+    kinematics = robot.kinematics
+    robot.kinematics = lambda q: kinematics(q).copy()
+
+
+def exact_command_derivatives(robot) -> None:
+    """Report the commanded TCP velocity and acceleration (``O_dP_EE_c``, ``O_ddP_EE_c``) as they are.
+
+    franky-sim smooths their finite differences with an exponential filter (alpha 0.95 per 1 ms tick, ~20 ms of
+    lag). franky starts every new motion from these values, so each step that replaced a running motion restarted
+    the planner from a stale speed (too high while braking), and the commanded pose overshot its target by more
+    than the braking distance, the more so the slower the loaded simulation ran. The real robot reports the
+    commanded derivatives without such lag.
+    """
+    for name in ("O_T_EE_c", "O_dP_EE_c"):
+        robot._tracked_state_components[name].observers["fd"]._alpha = 0.0
+
+
 def build_simulation(initial_q=None):
     """The franky-sim MuJoCo simulator with the cell's scene, and its robot (not started yet)."""
     from franky_sim.mujoco_simulator import MujocoSimulator
     sim = MujocoSimulator(enable_visualization=False)
     sim.init()
     robot = sim.add_robot() if initial_q is None else sim.add_robot(initial_q=initial_q)
+    copy_kinematics(robot)
+    exact_command_derivatives(robot)
     add_peg(sim)
     add_board(sim)
     add_camera(sim)

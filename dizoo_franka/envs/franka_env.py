@@ -14,7 +14,10 @@ reports a control error (truncated, after ``recover_from_errors``; the error tex
 Actions, in [-1, 1]: [dx, dy, dz] (+ [drx, dry, drz] with ``use_rotation``) (+ [gripper] with ``use_gripper``).
 Steps are scaled by ``action_scale`` (metres) / ``rotation_scale`` (radians) and added to the measured TCP pose;
 the target is clipped into the safety box (``ee_pose_limit_min`` / ``_max``, and ``max_rotation_from_reset``)
-BEFORE it is sent, and the step actually sent is ``info['action_sent']`` (same units as the action, after
+less ``braking_margin`` on every face BEFORE it is sent. The margin is the braking distance at the step dynamics
+(``max_tcp_speed``, franky's acceleration and jerk limits times ``step_dynamics_factor``; 9 mm at the defaults),
+so the commanded trajectory stays in the box even when a new step replaces a motion still running towards a
+face. The step actually sent is ``info['action_sent']`` (same units as the action, after
 clipping), with the commanded pose in ``info['target_pose']``. A NaN or inf action raises ValueError and sends
 nothing. Each step sends one asynchronous Cartesian motion and then waits for the next tick of ``control_hz``.
 
@@ -37,12 +40,15 @@ from easydict import EasyDict
 from scipy.spatial.transform import Rotation
 
 from .cameras import Camera, make_camera, resize_rgb
-from .safety import SafetyBox, check_finite_action, rotation_angle
+from .safety import SafetyBox, braking_distance, check_finite_action, rotation_angle
 
 OBS_MODES = ('state', 'state_image')
 STATE_KEYS = ('tcp_pos', 'tcp_quat', 'tcp_lin_vel', 'tcp_ang_vel', 'gripper_width')
 STATE_DIM = 3 + 4 + 3 + 3 + 1
 GRIPPER_MAX_WIDTH = 0.08  # metres, Franka Hand
+RESET_SETTLE_TIMEOUT_S = 10.0
+# franky's Cartesian translation limits: velocity (m/s), acceleration (m/s^2), jerk (m/s^3)
+FRANKA_TRANSLATION_LIMITS = (1.7, 13.0, 6500.0)
 
 
 @ENV_REGISTRY.register('franka')
@@ -69,7 +75,7 @@ class FrankaEnv(BaseEnv):
         # (float) Gripper speed (m/s).
         gripper_speed=0.05,
         # (list) Safety box for the TCP position [x, y, z] (m, base frame); every target is clipped into it.
-        ee_pose_limit_min=[0.40, -0.10, 0.11],
+        ee_pose_limit_min=[0.40, -0.10, 0.10],
         # (list) Upper corner of the safety box [x, y, z].
         ee_pose_limit_max=[0.70, 0.25, 0.45],
         # (float) Largest rotation away from the reset orientation, per rotation-vector component (rad).
@@ -78,12 +84,17 @@ class FrankaEnv(BaseEnv):
         reset_ee_pose=[0.55, 0.08, 0.25, np.pi, 0.0, 0.0],
         # (list) Uniform random offset (+-, m per axis) added to the reset position.
         reset_random_xyz=[0.0, 0.0, 0.0],
+        # (float) Reset waits (up to 10 s) until the measured TCP is this close to each reset target (m).
+        reset_settle_tol=0.002,
         # (float) Gripper width at reset (m).
         reset_gripper_width=0.04,
         # (float) Speed factor (0, 1] of franky's velocity/acceleration/jerk limits for the reset motion.
         reset_dynamics_factor=0.1,
-        # (float) Speed factor (0, 1] for the policy's steps.
+        # (float) Acceleration and jerk factor (0, 1] of franky's limits for the policy's steps.
         step_dynamics_factor=0.3,
+        # (float) Top speed of the TCP during the policy's steps (m/s); the commanded targets keep the braking
+        # distance at this speed (and the step acceleration and jerk) from every face of the safety box.
+        max_tcp_speed=0.25,
         # (list) TCP pose [x, y, z, rx, ry, rz] with the peg inserted (sim cell: 3 cm deep in the hole).
         target_ee_pose=[0.55, 0.08, 0.12, np.pi, 0.0, 0.0],
         # (float) Position tolerance of success (m).
@@ -125,6 +136,12 @@ class FrankaEnv(BaseEnv):
         if str(cfg.realtime_config).lower() not in ('enforce', 'ignore'):
             raise ValueError(f"realtime_config must be 'enforce' or 'ignore', got {cfg.realtime_config!r}")
         self.safety_box = SafetyBox(cfg.ee_pose_limit_min, cfg.ee_pose_limit_max, cfg.max_rotation_from_reset)
+        if not 0 < float(cfg.step_dynamics_factor) <= 1 or not 0 < float(cfg.reset_dynamics_factor) <= 1:
+            raise ValueError("step_dynamics_factor and reset_dynamics_factor must be in (0, 1], got "
+                             f"{cfg.step_dynamics_factor} and {cfg.reset_dynamics_factor}")
+        if float(cfg.max_tcp_speed) <= 0:
+            raise ValueError(f"max_tcp_speed must be positive (m/s), got {cfg.max_tcp_speed}")
+        self._set_translation_limits(*FRANKA_TRANSLATION_LIMITS)  # again with the robot's own, once connected
         self._reset_pos, self._reset_rot = _pose_from_config(cfg.reset_ee_pose, 'reset_ee_pose')
         self._target_pos, self._target_rot = _pose_from_config(cfg.target_ee_pose, 'target_ee_pose')
         self._action_dim = 3 + 3 * bool(cfg.use_rotation) + bool(cfg.use_gripper)
@@ -159,6 +176,18 @@ class FrankaEnv(BaseEnv):
         if self._cfg.use_gripper:
             self.gripper = franky.Gripper(self._cfg.robot_ip)
         self.camera = make_camera(self._cfg.camera)
+        self._set_translation_limits(
+            self.robot.translation_velocity_limit.get(), self.robot.translation_acceleration_limit.get(),
+            self.robot.translation_jerk_limit.get()
+        )
+
+    def _set_translation_limits(self, velocity: float, acceleration: float, jerk: float) -> None:
+        """The step dynamics (speed capped at ``max_tcp_speed``) and the box every target is clipped into: the
+        safety box less the braking distance at those dynamics (``braking_margin``, metres)."""
+        factor = float(self._cfg.step_dynamics_factor)
+        self._step_dynamics = (min(1.0, float(self._cfg.max_tcp_speed) / velocity), factor, factor)
+        self.braking_margin = braking_distance(velocity * self._step_dynamics[0], acceleration * factor, jerk * factor)
+        self.command_box = self.safety_box.shrunk(self.braking_margin)
 
     def close(self) -> None:
         if self.robot is not None:
@@ -185,7 +214,7 @@ class FrankaEnv(BaseEnv):
         if self.robot.has_errors:
             self.robot.recover_from_errors()
         offset = self._rng.uniform(-1.0, 1.0, size=3) * np.asarray(self._cfg.reset_random_xyz, dtype=np.float64)
-        goal = self.safety_box.clip_position(self._reset_pos + offset)
+        goal = self.command_box.clip_position(self._reset_pos + offset)
         self.robot.relative_dynamics_factor = float(self._cfg.reset_dynamics_factor)
         pos, _ = self._measured_pose()
         if pos[2] < goal[2]:  # lift straight up first: never drag a peg sideways out of the hole
@@ -197,7 +226,7 @@ class FrankaEnv(BaseEnv):
                 self._gripper_future = None
             self.gripper.move(float(self._cfg.reset_gripper_width), float(self._cfg.gripper_speed))
             self._gripper_width_cmd = float(self._cfg.reset_gripper_width)
-        self.robot.relative_dynamics_factor = float(self._cfg.step_dynamics_factor)
+        self.robot.relative_dynamics_factor = franky.RelativeDynamicsFactor(*self._step_dynamics)
         self._episode_id = f"franka-{uuid.uuid4().hex[:10]}"
         self._episode_len = 0
         self._episode_return = 0.0
@@ -269,7 +298,7 @@ class FrankaEnv(BaseEnv):
             target_rot = Rotation.from_rotvec(action[3:6] * float(self._cfg.rotation_scale)) * rot
         else:
             target_rot = self._reset_rot
-        target_pos, target_rot, clipped = self.safety_box.clip_pose(target_pos, target_rot, self._reset_rot)
+        target_pos, target_rot, clipped = self.command_box.clip_pose(target_pos, target_rot, self._reset_rot)
         sent = np.zeros_like(action)
         sent[:3] = (target_pos - pos) / float(self._cfg.action_scale)
         if self._cfg.use_rotation:
@@ -293,9 +322,14 @@ class FrankaEnv(BaseEnv):
         return self._gripper_width_cmd / GRIPPER_MAX_WIDTH * 2.0 - 1.0
 
     def _move_to(self, position: np.ndarray, rotation: Rotation, franky: Any, asynchronous: bool) -> None:
-        position = self.safety_box.clip_position(position)  # the last line of defence: never send outside
+        position = self.command_box.clip_position(position)  # the last line of defence: never send outside
         target = franky.Affine(np.asarray(position, dtype=np.float64), rotation.as_quat())
         self.robot.move(franky.CartesianMotion(target, franky.ReferenceType.Absolute), asynchronous=asynchronous)
+        if not asynchronous:  # the commanded motion has ended; the arm may still be catching up with it
+            deadline = time.monotonic() + RESET_SETTLE_TIMEOUT_S
+            while (np.linalg.norm(self._measured_pose()[0] - position) > float(self._cfg.reset_settle_tol)
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
 
     # ------------------------------------------------------------------ observations
     def _measured_pose(self) -> Tuple[np.ndarray, Rotation]:

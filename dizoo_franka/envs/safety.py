@@ -32,6 +32,16 @@ class SafetyBox:
             raise ValueError(f"the safety box must be finite with low <= high, got low={low} high={high}")
         self.max_rotation = None if max_rotation is None else float(max_rotation)
 
+    def shrunk(self, margin: float) -> "SafetyBox":
+        """The box moved inwards by ``margin`` metres on every face (same rotation bound)."""
+        margin = float(margin)
+        if margin < 0 or np.any(self.high - self.low < 2 * margin):
+            raise ValueError(
+                f"the safety box {self.low.tolist()} .. {self.high.tolist()} is too small for a braking margin of "
+                f"{margin:.4f} m on each face: widen it, or lower max_tcp_speed (the margin grows with its square)"
+            )
+        return SafetyBox(self.low + margin, self.high - margin, self.max_rotation)
+
     def contains(self, position: Sequence[float], tolerance: float = 0.0) -> bool:
         position = np.asarray(position, dtype=np.float64)
         return bool(np.all(position >= self.low - tolerance) and np.all(position <= self.high + tolerance))
@@ -55,6 +65,23 @@ class SafetyBox:
             np.any(clipped_position != position) or rotation_angle(clipped_rotation, rotation) > 1e-9
         )
         return clipped_position, clipped_rotation, changed
+
+
+def braking_distance(speed: float, acceleration: float, jerk: float) -> float:
+    """How far a jerk-limited trajectory can still travel along one axis before it stands still.
+
+    Worst case: it moves outwards at ``speed`` while accelerating outwards at ``acceleration``. Bringing the
+    acceleration to zero takes ``acceleration / jerk`` seconds (the speed grows by ``acceleration**2 / (2 jerk)``
+    meanwhile), then the stop itself covers ``v**2 / (2 acceleration) + v * acceleration / (2 jerk)``. A planner
+    within these limits (franky's Ruckig) goes past its target only while braking from at most ``speed``; with
+    every target inside ``box.shrunk(braking_distance(...))``, its commanded trajectory stays inside ``box`` even
+    when a new target replaces a motion that is still running.
+    """
+    if min(speed, acceleration, jerk) <= 0:
+        raise ValueError(f"speed, acceleration and jerk must be positive, got {speed}, {acceleration}, {jerk}")
+    ramp = acceleration / jerk
+    v = speed + acceleration * ramp / 2
+    return float(v * ramp + v * v / (2 * acceleration) + v * ramp / 2)
 
 
 def rotation_angle(a: Rotation, b: Rotation) -> float:
