@@ -15,6 +15,9 @@ Once the robot server and the frame server accept connections it prints one line
 Frame protocol (TCP, loopback): the client sends the single byte ``b"F"``; the cell renders the current state
 and answers with a header ``struct.pack("!IHHH", n_bytes, height, width, channels)`` followed by ``n_bytes`` of
 row-major RGB uint8. Any other request byte closes the connection. SIGTERM / SIGINT stop the cell cleanly.
+
+A collision reflex (``sim_cell_reflex``) aborts the running motion when the robot presses on the board with more
+than ``--reflex-force`` newtons, as the real robot's controller does; ``recover_from_errors`` clears it.
 """
 import argparse
 import json
@@ -27,6 +30,8 @@ import sys
 import threading
 import xml.etree.ElementTree as ET
 
+import numpy as np
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 FRAME_REQUEST = b"F"
@@ -38,6 +43,7 @@ BOARD_TOP_Z = 0.10  # the board is a block from the ground to this height
 BOARD_HALF_SIZE = 0.10  # half the board's side
 HOLE_HALF_WIDTH = 0.012  # square hole, 4 mm clearance around the peg
 HOLE_DEPTH = 0.05
+BOARD_GEOMS = ("board_front", "board_back", "board_left", "board_right", "board_hole_floor")
 PEG_RADIUS = 0.008
 PEG_TIP_OFFSET = 0.05  # the peg tip lies this far beyond the TCP along the tool z axis
 PEG_LENGTH = 0.09
@@ -135,89 +141,106 @@ def build_simulation(initial_q=None):
     return sim, robot
 
 
-class QposSnapshot:
-    """The simulator's joint positions after the latest physics step, published by the physics thread.
+class SharedQpos:
+    """The simulator's joint positions after the latest physics step, in shared memory for the frame process.
 
-    Copying qpos (a few dozen floats) after every step costs microseconds; readers take the latest copy, never a
-    half-updated state, and never block the 1 kHz loop (a lock held across each step starved the renderer).
+    The physics thread copies qpos (a few dozen floats, microseconds) after every step; the frame process renders
+    from the latest copy and never holds the physics thread's GIL (a renderer thread in the cell's own process
+    held it for ~0.2 s per frame on a loaded machine, long enough for libfranka's UDP timeout).
     """
 
-    def __init__(self, sim) -> None:
-        self.qpos = None
-        sim.register_post_step_callback(self._publish)
+    def __init__(self, context, size: int) -> None:
+        self.buffer = context.Array("d", size, lock=False)
 
-    def _publish(self, sim) -> None:
-        self.qpos = sim.data.qpos.copy()  # one reference swap: atomic for readers
+    def attach(self, sim) -> None:
+        view = np.frombuffer(self.buffer, dtype=np.float64)
+        view[:] = sim.data.qpos
+
+        def publish(sim) -> None:
+            view[:] = sim.data.qpos
+
+        sim.register_post_step_callback(publish)
 
 
 class FrameServer:
-    """Serves rendered frames of a running MujocoSimulator over a loopback TCP socket (one thread per client).
+    """Serves rendered frames of the cell's scene over a loopback TCP socket (one thread per client); runs in its
+    own process (``serve_frames``). Each client gets its own renderer and MjData; a frame shows the latest qpos."""
 
-    Each client gets its own renderer and MjData; a frame shows the latest ``QposSnapshot``.
-    """
-
-    def __init__(self, sim, snapshot: QposSnapshot, width: int = 128, height: int = 128, camera: str = "insertion_cam",
+    def __init__(self, model, qpos, width: int = 128, height: int = 128, camera: str = "insertion_cam",
                  host: str = "127.0.0.1", port: int = 0):
-        self.sim, self.snapshot = sim, snapshot
+        self.model, self.qpos = model, qpos
         self.width, self.height, self.camera = width, height, camera
         self._listener = socket.create_server((host, port))
         self.port = self._listener.getsockname()[1]
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
+    def serve_forever(self) -> None:
+        while True:
+            conn, _ = self._listener.accept()
             threading.Thread(target=self._serve, args=(conn, ), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         import mujoco
-        model = self.sim.model
-        data = mujoco.MjData(model)
-        renderer = mujoco.Renderer(model, self.height, self.width)
+        data = mujoco.MjData(self.model)
+        renderer = mujoco.Renderer(self.model, self.height, self.width)
         try:
             with conn:
-                while not self._stopping.is_set():
-                    request = conn.recv(1)
-                    if request != FRAME_REQUEST:
-                        return
-                    qpos = self.snapshot.qpos
-                    data.qpos[:] = self.sim.data.qpos if qpos is None else qpos
-                    mujoco.mj_kinematics(model, data)
-                    mujoco.mj_camlight(model, data)  # cameras and lights (targetbody mode) follow the bodies
+                while conn.recv(1) == FRAME_REQUEST:
+                    data.qpos[:] = self.qpos
+                    mujoco.mj_kinematics(self.model, data)
+                    mujoco.mj_camlight(self.model, data)  # cameras and lights (targetbody mode) follow the bodies
                     renderer.update_scene(data, camera=self.camera)
-                    frame = renderer.render()
-                    payload = frame.tobytes()
-                    conn.sendall(FRAME_HEADER.pack(len(payload), *frame.shape) + payload)
+                    payload = renderer.render().tobytes()
+                    conn.sendall(FRAME_HEADER.pack(len(payload), self.height, self.width, 3) + payload)
         except (ConnectionError, OSError):
             pass
         finally:
             renderer.close()
 
 
-def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None) -> None:
+def serve_frames(scene_xml: str, qpos_buffer, image_size: int, port: int, port_out) -> None:
+    """The frame process: build the scene's model, report the bound port through ``port_out``, serve until killed
+    (it ends with the cell: SIGTERM from the cell, or from the kernel when the cell dies)."""
+    import ctypes
+    import mujoco
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    model = mujoco.MjModel.from_xml_string(scene_xml)
+    server = FrameServer(model, np.frombuffer(qpos_buffer, dtype=np.float64), image_size, image_size, port=port)
+    port_out.send(server.port)
+    server.serve_forever()
+
+
+def start_frame_process(sim, image_size: int, port: int):
+    """Spawn the frame process for a started simulator; returns (process, port)."""
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")
+    qpos = SharedQpos(context, sim.model.nq)
+    qpos.attach(sim)
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=serve_frames, args=(ET.tostring(sim.scene, encoding="unicode"), qpos.buffer, image_size, port, sender),
+        daemon=True, name="sim_cell frames"
+    )
+    process.start()
+    if not receiver.poll(120):
+        process.terminate()
+        raise RuntimeError("the frame process did not start in 120 s")
+    return process, receiver.recv()
+
+
+def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None, reflex_force: float = 60.0) -> None:
     """Start physics, robot server and frame server; print READY; block until SIGTERM/SIGINT."""
     from franky_sim import SimulationServer
+
+    from dizoo_franka.sim_cell_reflex import CollisionReflex
     sim, robot = build_simulation()
     kwargs = {} if hostname is None else {"hostname_candidates": [hostname]}
     server = SimulationServer(sim, **kwargs)
     server.init()  # binds the robot (and gripper) servers and builds the MuJoCo model
-    frames = FrameServer(sim, QposSnapshot(sim), image_size, image_size, port=camera_port)
-    frames.start()
+    if reflex_force > 0:
+        CollisionReflex(sim, server.robot_servers[0], BOARD_GEOMS, force_threshold=reflex_force)
+    frames, frames_port = start_frame_process(sim, image_size, camera_port)
     server.run_async()
 
     stop = threading.Event()
@@ -225,11 +248,12 @@ def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None) 
         signal.signal(signum, lambda *_: stop.set())
     ready = {
         "robot_ip": robot.hostname,
-        "camera_port": frames.port,
+        "camera_port": frames_port,
         "image_size": [image_size, image_size],
         "hole_xy": list(HOLE_XY),
         "board_top_z": BOARD_TOP_Z,
         "inserted_tcp_z": inserted_tcp_z(),
+        "reflex_force": reflex_force,
         "pid": os.getpid(),
     }
     print("READY " + json.dumps(ready), flush=True)
@@ -237,7 +261,8 @@ def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None) 
         if not server.async_thread.is_alive():
             print("sim_cell: physics thread died", file=sys.stderr, flush=True)
             break
-    frames.stop()
+    frames.terminate()
+    frames.join(10)
     server.cleanup()
     sim.cleanup()
     print("sim_cell: stopped", flush=True)
@@ -248,9 +273,11 @@ def main(argv=None) -> None:
     parser.add_argument("--camera-port", type=int, default=0, help="TCP port of the frame server (0: any free)")
     parser.add_argument("--image-size", type=int, default=128, help="rendered frame side in pixels")
     parser.add_argument("--hostname", default=None, help="loopback address for the robot server (default: auto)")
+    parser.add_argument("--reflex-force", type=float, default=60.0,
+                        help="robot-board contact force (N) that triggers a collision reflex (0: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    run_cell(args.camera_port, args.image_size, args.hostname)
+    run_cell(args.camera_port, args.image_size, args.hostname, args.reflex_force)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,18 @@ STATE_KEYS = ('tcp_pos', 'tcp_quat', 'tcp_lin_vel', 'tcp_ang_vel', 'gripper_widt
 STATE_DIM = 3 + 4 + 3 + 3 + 1
 GRIPPER_MAX_WIDTH = 0.08  # metres, Franka Hand
 RESET_SETTLE_TIMEOUT_S = 10.0
+
+
+def _lost_connection_errors() -> tuple:
+    """Exceptions that mean the robot or camera is gone (franky's NetworkException when franky imports)."""
+    try:
+        import franky
+        return (franky.NetworkException, ConnectionError, OSError)
+    except ImportError:
+        return (ConnectionError, OSError)
+
+
+LOST_CONNECTION_ERRORS = _lost_connection_errors()
 # franky's Cartesian translation limits: velocity (m/s), acceleration (m/s^2), jerk (m/s^3)
 FRANKA_TRANSLATION_LIMITS = (1.7, 13.0, 6500.0)
 
@@ -160,6 +172,7 @@ class FrankaEnv(BaseEnv):
         self._rng = np.random.RandomState()
         self._gripper_width_cmd = None
         self._gripper_future = None  # the running gripper move (franky BoolFuture)
+        self._last_obs = self._last_pose = self._last_image = None
         self._next_tick = 0.0
         self._episode_id = None
         self._episode_len = 0
@@ -189,6 +202,15 @@ class FrankaEnv(BaseEnv):
         self.braking_margin = braking_distance(velocity * self._step_dynamics[0], acceleration * factor, jerk * factor)
         self.command_box = self.safety_box.shrunk(self.braking_margin)
 
+    def _drop_connection(self) -> None:
+        """Forget robot, gripper and camera after a lost connection (nothing is sent to them any more)."""
+        if self.camera is not None:
+            try:
+                self.camera.close()
+            except OSError:
+                pass
+        self.robot = self.gripper = self.camera = self._gripper_future = None
+
     def close(self) -> None:
         if self.robot is not None:
             try:
@@ -208,9 +230,14 @@ class FrankaEnv(BaseEnv):
         self._action_space.seed(int(seed))
 
     def reset(self) -> Any:
-        if self.robot is None:
-            self.connect()
         import franky
+        if self.robot is None:
+            try:
+                self.connect()
+            except LOST_CONNECTION_ERRORS as e:
+                self._drop_connection()
+                raise ConnectionError(f"cannot connect to the robot at {self._cfg.robot_ip} or its camera "
+                                      f"({type(e).__name__}: {e})") from e
         if self.robot.has_errors:
             self.robot.recover_from_errors()
         offset = self._rng.uniform(-1.0, 1.0, size=3) * np.asarray(self._cfg.reset_random_xyz, dtype=np.float64)
@@ -247,15 +274,27 @@ class FrankaEnv(BaseEnv):
         info: Dict[str, Any] = {}
         error = None
         try:
-            sent = self._send_action(action, franky, info)
-            time.sleep(max(0.0, self._next_tick - time.monotonic()))
-            self.robot.poll_motion()  # raises the errors of the running motion (reflexes included)
-        except (franky.ControlException, franky.CommandException) as e:
-            error = f"{type(e).__name__}: {e}"
-            self.robot.recover_from_errors()
-            sent = np.zeros_like(action) if 'action_sent' not in info else info['action_sent']
+            try:
+                sent = self._send_action(action, franky, info)
+                time.sleep(max(0.0, self._next_tick - time.monotonic()))
+                self.robot.poll_motion()  # raises the errors of the running motion (reflexes included)
+            except (franky.ControlException, franky.CommandException) as e:
+                # a reflex or a rejected command: the robot stopped; recover and end the episode (truncated)
+                error = f"{type(e).__name__}: {e}"
+                info['recovered'] = bool(self.robot.recover_from_errors())
+                sent = np.zeros_like(action) if 'action_sent' not in info else info['action_sent']
+            obs, (pos, rot) = self._observe(info)
+        except LOST_CONNECTION_ERRORS + (RuntimeError, ) as e:
+            if isinstance(e, RuntimeError) and 'Net' not in str(e):  # franky raises Poco's "Net Exception" as such
+                raise
+            error = (f"lost the connection to the robot at {self._cfg.robot_ip} or its camera "
+                     f"({type(e).__name__}: {e}); the episode ends here, the next reset() reconnects")
+            info['connection_lost'] = True
+            self._drop_connection()
+            sent = np.zeros_like(action)
+            obs, (pos, rot) = self._last_obs, self._last_pose
+            info['reward_image'] = self._last_image
         self._next_tick = max(self._next_tick + 1.0 / float(self._cfg.control_hz), time.monotonic())
-        obs, (pos, rot) = self._observe(info)
         self._episode_len += 1
         at_target = bool(
             np.linalg.norm(pos - self._target_pos) <= float(self._cfg.success_pos_tol)
@@ -356,9 +395,11 @@ class FrankaEnv(BaseEnv):
         if info is not None:
             info['reward_image'] = image
         pose = (np.asarray(state['tcp_pos'], dtype=np.float64), Rotation.from_quat(state['tcp_quat']))
-        if self._cfg.obs_mode == 'state':
-            return vector, pose
-        return dict(state=vector, image=np.ascontiguousarray(image.transpose(2, 0, 1))), pose
+        obs = vector if self._cfg.obs_mode == 'state' else dict(
+            state=vector, image=np.ascontiguousarray(image.transpose(2, 0, 1))
+        )
+        self._last_obs, self._last_pose, self._last_image = obs, pose, image  # what a lost connection returns
+        return obs, pose
 
     # ------------------------------------------------------------------ spaces and env configs
     @property

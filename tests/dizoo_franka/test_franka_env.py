@@ -185,3 +185,50 @@ def test_camera_errors_are_clear():
     except ImportError:
         with pytest.raises(ImportError, match="pyrealsense2"):
             RealSenseCamera(serial="000000000000")
+
+
+def test_collision_reflex_ends_the_episode_and_the_env_recovers(sim_cell, env_factory):
+    # the peg hangs over the board 6 cm beside the hole; the box lets the arm push it into the board's top
+    env = env_factory(reset_ee_pose=[0.55, 0.14, 0.19] + DOWN, ee_pose_limit_min=[0.45, 0.0, 0.10],
+                      max_episode_steps=60)
+    env.reset()
+    for _ in range(60):
+        timestep = env.step(np.array([0.0, 0.0, -1.0, 0.0]))
+        if timestep.done:
+            break
+    info = timestep.info
+    # the cell's collision reflex aborted the motion: libfranka's ControlException, as on the real robot
+    assert timestep.done and info["truncated"] and not info["terminated"], info.get("error")
+    assert "ControlException" in info["error"] and "reflex" in info["error"], info["error"]
+    assert info["recovered"] is True and info["episode_len"] < 60
+    assert not env.robot.has_errors
+    log = open(sim_cell["log_path"]).read()
+    assert "sim_cell: reflex" in log and "sim_cell: error recovery" in log
+    # the peg stopped on the board's top (tip 5 cm below the TCP, board top at z = 0.10)
+    assert tcp_pos(env)[2] > 0.14
+    # the run goes on: the next episode resets and steps without error
+    env.reset()
+    np.testing.assert_allclose(tcp_pos(env), [0.55, 0.14, 0.19], atol=0.003)
+    timestep = env.step(np.array([0.0, 0.0, 0.5, 0.0]))
+    assert not timestep.done and "error" not in timestep.info
+
+
+def test_lost_connection_ends_the_episode_with_a_clear_message(own_sim_cell):
+    env = make_env(own_sim_cell.ready)
+    try:
+        env.reset()
+        for _ in range(3):
+            last = env.step(np.array([0.0, 0.0, 0.5, 0.0]))
+        own_sim_cell.proc.kill()  # the cell dies mid-episode, as a robot whose network cable is pulled
+        own_sim_cell.proc.wait()
+        timestep = env.step(np.array([0.0, 0.0, 0.5, 0.0]))
+        info = timestep.info
+        assert timestep.done and info["truncated"] and info["connection_lost"] is True
+        assert "lost the connection to the robot" in info["error"], info["error"]
+        # the episode's last observation and frame are what the env saw before the loss
+        np.testing.assert_array_equal(timestep.obs["state"], last.obs["state"])
+        assert info["reward_image"].shape == (64, 64, 3) and info["episode_len"] == 4
+        with pytest.raises(ConnectionError, match="cannot connect to the robot"):
+            env.reset()
+    finally:
+        env.close()
