@@ -278,6 +278,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run_cell(args.camera_port, args.image_size, args.hostname, args.reflex_force)
+    # everything is stopped and closed: skip the interpreter's teardown of mujoco / EGL / pinocchio, which crashed
+    # (SIGSEGV) or stalled for more than 20 s on a loaded machine
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
