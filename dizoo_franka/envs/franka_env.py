@@ -202,6 +202,16 @@ class FrankaEnv(BaseEnv):
         self.braking_margin = braking_distance(velocity * self._step_dynamics[0], acceleration * factor, jerk * factor)
         self.command_box = self.safety_box.shrunk(self.braking_margin)
 
+    def _recover(self) -> bool:
+        """``recover_from_errors``; when franky reports failure, whether the errors clear within 2 s (its state
+        can lag the recovery's reply on a loaded machine)."""
+        recovered = bool(self.robot.recover_from_errors())
+        deadline = time.monotonic() + 2.0
+        while not recovered and time.monotonic() < deadline:
+            time.sleep(0.05)
+            recovered = not self.robot.has_errors
+        return recovered
+
     def _drop_connection(self) -> None:
         """Forget robot, gripper and camera after a lost connection (nothing is sent to them any more)."""
         if self.camera is not None:
@@ -281,7 +291,7 @@ class FrankaEnv(BaseEnv):
             except (franky.ControlException, franky.CommandException) as e:
                 # a reflex or a rejected command: the robot stopped; recover and end the episode (truncated)
                 error = f"{type(e).__name__}: {e}"
-                info['recovered'] = bool(self.robot.recover_from_errors())
+                info['recovered'] = self._recover()
                 sent = np.zeros_like(action) if 'action_sent' not in info else info['action_sent']
             obs, (pos, rot) = self._observe(info)
         except LOST_CONNECTION_ERRORS + (RuntimeError, ) as e:

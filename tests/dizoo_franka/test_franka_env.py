@@ -16,7 +16,7 @@ DOWN = [np.pi, 0.0, 0.0]  # tool z axis pointing down (rotation vector)
 # m: how far the TCP may stray outside the safety box. Every target is clipped into the box less the braking
 # distance at the step dynamics (env.braking_margin, 9 mm here), so franky's commanded trajectory (O_T_EE_c) stays
 # inside even when a step replaces a motion still running towards a face, and the measured TCP (O_T_EE) follows it.
-# Worst observed over 10 runs with both cores busy: see the README (Franka, safety box).
+# Worst observed with both cores busy (8 runs): commanded 5.6 mm, measured 12.8 mm inside the box (README).
 BOX_TOLERANCE = 0.002
 
 
