@@ -19,6 +19,8 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'model_selection': ('best_val_loss', "best_val_loss (the epoch with the lowest class-balanced validation loss) | "
                                          "last (the final epoch; natural with lr_schedule=cosine)"),
     'val_split': (0.1, "fraction of each class held out for validation, in [0, 1)"),
+    'fail_success_ratio': (None, "at most this many failure images per success image in the training split "
+                                 "(a seeded subsample; validation keeps all); none: all"),
     'early_stopping_patience': (15, "stop after this many epochs without a better model; 0 disables"),
     'min_delta': (0.0, "a new best model must lower the monitored loss by more than this"),
     'save_dir': (None, "output folder; default <data>/../reward_model_ckpt"),
@@ -129,6 +131,9 @@ def _check_train_options(o: Dict[str, Any]) -> None:
     need(isinstance(o['min_delta'], (int, float)) and o['min_delta'] >= 0,
          f"min_delta must be a number >= 0, got {o['min_delta']!r}")
     need(isinstance(o['seed'], int), f"seed must be an int, got {o['seed']!r}")
+    need(o['fail_success_ratio'] is None or (isinstance(o['fail_success_ratio'], (int, float))
+                                            and o['fail_success_ratio'] > 0),
+         f"fail_success_ratio must be a number > 0 or none, got {o['fail_success_ratio']!r}")
     need(o['num_workers'] is None or (isinstance(o['num_workers'], int) and o['num_workers'] >= 0),
          f"num_workers must be an int >= 0, got {o['num_workers']!r}")
     need(o['model_selection'] in MODEL_SELECTIONS,

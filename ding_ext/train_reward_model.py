@@ -88,6 +88,17 @@ def _fidelity_on_val(model: Any, scan: Any, val_set: ImageFolderDataset, val_idx
 
 
 # ---------------------------------------------------------------------------------------- training
+def cap_failures(indices: Sequence[int], labels: Sequence[int], ratio: float, seed: int) -> List[int]:
+    """``indices`` with at most ``ceil(ratio * successes)`` failures (a seeded subsample), in their order."""
+    labels = np.asarray(labels)
+    failures = [i for i in indices if labels[i] == 0]
+    keep = int(np.ceil(ratio * (len(indices) - len(failures))))
+    if len(failures) <= keep:
+        return list(indices)
+    kept = set(np.random.default_rng(seed).choice(failures, size=keep, replace=False).tolist())
+    return [i for i in indices if labels[i] == 1 or i in kept]
+
+
 def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     """Train a reward model on ``<data_dir>/success`` and ``<data_dir>/failure``; see the module doc.
 
@@ -117,6 +128,8 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     scan = scan_image_folder(data_dir, cache=bool(opts['cache_images']))
     train_idx, val_idx = split_train_val(scan.files, scan.labels, opts['val_split'], opts['seed'],
                                          groups=scan.episode_ids)  # by episode when the sidecar has ids
+    if opts['fail_success_ratio'] is not None:
+        train_idx = cap_failures(train_idx, scan.labels, float(opts['fail_success_ratio']), opts['seed'])
     train_set = ImageFolderDataset(scan, train_idx)
     val_set = ImageFolderDataset(scan, val_idx)
     n_pos = int(train_set.labels.sum())

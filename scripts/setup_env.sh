@@ -80,3 +80,5 @@ pip_quiet .venv/bin/pip install -q --no-deps --no-build-isolation -e . || { echo
 # the check imports DI-engine, whose optional-package notes (and gym's) are noise here: shown only on failure
 check_out=$(cd / && "$root/.venv/bin/python" -c 'import ding_ext' 2>&1) || { echo "$check_out" >&2; echo "[setup] error: ding_ext does not import" >&2; exit 1; }
 log "ready: $(.venv/bin/python -W ignore -c 'import torch, ding, mani_skill; print("torch", torch.__version__, "| DI-engine", ding.__version__, "| mani-skill", mani_skill.__version__)' 2>/dev/null)"
+# the robot-sim venv for dizoo_franka/sim_cell.py (franky-sim needs numpy>=2, so not in .venv)
+bash "$root/scripts/setup_robot_sim.sh"
