@@ -1,0 +1,115 @@
+"""Does a second frame help? Single-frame and clip success classifiers on the same PickCube clips, held-out seeds.
+
+Records planner and expert episodes (the RLPD recipe's classifier seeds) with the RL env's reward camera and clips of
+``reward_frames`` frames (``rlpd_recipe.CLIP``), and held-out episodes of unseen seeds the same way. Every variant
+trains ``resnet_video`` on the SAME clips; the single-frame variant looks at the last frame only (num_frames 1), so the
+comparison isolates what the earlier frame adds. Reports precision and recall on ALL held-out frames (the ambiguous
+"cube at the goal, arm still moving" ones included) at the validation-calibrated threshold and at 0.5, and the false
+positives among the ambiguous frames. Writes ``bench/results/pickcube_clip_fidelity.json``.
+
+    python bench/pickcube_clip_fidelity.py                                     # single vs early fusion of 2 frames
+    python bench/pickcube_clip_fidelity.py --variants single,early2u,late2u,early3u --epochs 12
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# name: (num_frames, frame_sampling, fusion)
+VARIANTS = dict(single=(1, 'last', 'early'), early2u=(2, 'uniform', 'early'), early2last=(2, 'last', 'early'),
+                early3u=(3, 'uniform', 'early'), late2u=(2, 'uniform', 'late'))
+HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED = 400000, 200000
+
+
+def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int) -> Dict[str, Any]:
+    from dizoo_maniskill import rlpd_recipe as recipe
+    from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes
+    clip = recipe.CLIP
+    env_cfg = recipe.env_config(reward_frames=clip['reward_frames'], reward_frame_stride=clip['reward_frame_stride'])
+    t = time.time()
+    out = dict(train=recipe.record_classifier_data(os.path.join(work, 'train'), planner, expert, env_cfg))
+    held = os.path.join(work, 'heldout')
+    out['heldout'] = dict(
+        expert=record_expert_episodes(held, range(HELDOUT_EXPERT_SEED, HELDOUT_EXPERT_SEED + heldout_expert), env_cfg,
+                                      workers=2, progress=False),
+        planner=record_planner_episodes(held, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + heldout_planner),
+                                        env_cfg, workers=2, progress=False))
+    out['seconds'] = round(time.time() - t, 1)
+    return out
+
+
+def evaluate_variant(work: str, name: str, epochs: int) -> Dict[str, Any]:
+    from ding_ext.evaluate_reward_model import evaluate_checkpoint
+    from dizoo_maniskill import rlpd_recipe as recipe
+    from entry.demo import unambiguous_mask
+    k, sampling, fusion = VARIANTS[name]
+    save = os.path.join(work, 'models', name)
+    best = os.path.join(save, 'best_model.safetensors')
+    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, epochs=epochs)
+    if os.path.isfile(best):  # trained by an earlier run: evaluated again, not retrained
+        row['trained_by_earlier_run'] = True
+    else:
+        t = time.time()
+        best = recipe.train_classifier(os.path.join(work, 'train'), save, epochs=epochs, clip=dict(
+            recipe.CLIP, num_frames=k, frame_sampling=sampling, fusion=fusion))['best_path']
+        row['train_seconds'] = round(time.time() - t, 1)
+    for label, threshold in (('calibrated', None), ('0.5', 0.5)):
+        rep = evaluate_checkpoint(best, os.path.join(work, 'heldout'), os.path.join(save, f'heldout_{label}'),
+                                  threshold=threshold, target_precision=0.9,
+                                  subsets=lambda frames: {'unambiguous': unambiguous_mask(frames)})
+        phases = rep['breakdowns'].get('phase', {})
+        moving = phases.get('at_goal_moving', {}).get('at_threshold', {})
+        row[label] = dict(threshold=rep['threshold'], average_precision=rep['average_precision'],
+                          frames=rep['num_images'],
+                          all={m: rep['at_threshold'][m] for m in ('precision', 'recall', 'tp', 'fp', 'fn')},
+                          unambiguous={m: rep['subsets']['unambiguous']['at_threshold'][m]
+                                       for m in ('precision', 'recall')},
+                          at_goal_moving_false_positives=f"{moving.get('fp', 0)} of {phases.get('at_goal_moving', {}).get('num_images', 0)}")
+    return row
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--variants', default='single,early2u', help=f"comma list of {sorted(VARIANTS)}")
+    p.add_argument('--epochs', type=int, default=8, help="training epochs (a variant whose model is already in "
+                   "--work-dir/models/<name> is evaluated again, not retrained)")
+    p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))
+    p.add_argument('--planner-episodes', type=int, default=28)
+    p.add_argument('--expert-episodes', type=int, default=60)
+    p.add_argument('--heldout-planner-episodes', type=int, default=10)
+    p.add_argument('--heldout-expert-episodes', type=int, default=16)
+    p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'pickcube_clip_fidelity.json'))
+    args = p.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(',') if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variants {bad}; choose from {sorted(VARIANTS)}")
+    from dizoo_maniskill.rlpd_recipe import CLIP
+    from ding_ext.checkpoint_io import write_json_atomic
+    work = os.path.abspath(args.work_dir)
+    result: Dict[str, Any] = dict(
+        command=' '.join(['python', 'bench/pickcube_clip_fidelity.py'] + list(argv or sys.argv[1:])),
+        machine=f"{os.cpu_count()} CPU cores", clip=CLIP,
+        recorded=record(work, args.planner_episodes, args.expert_episodes, args.heldout_planner_episodes,
+                        args.heldout_expert_episodes),
+        variants={})
+    for name in names:
+        result['variants'][name] = evaluate_variant(work, name, args.epochs)
+        write_json_atomic(args.out, result)
+        print(name, json.dumps(result['variants'][name], indent=1), flush=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ in ('__main__', '__mp_main__'):  # spawned recorder processes import this module as __mp_main__
+    from entry.demo import quiet_logs
+    quiet_logs()
+
+if __name__ == '__main__':
+    raise SystemExit(main())
