@@ -132,6 +132,5 @@ def test_checkpoint_round_trip_through_the_evaluator(tmp_path):
     assert (rebuilt.cfg.clip_length, rebuilt.cfg.num_frames, rebuilt.cfg.fusion) == (3, 2, 'late')
     clips = np.random.default_rng(3).integers(0, 255, (3, 32, 96, 3), np.uint8)
     assert torch.allclose(m.predict_proba(clips), rebuilt.predict_proba(clips), atol=1e-6)
-    other = make_video_model(clip_length=3, num_frames=2, fusion='early', checkpoint_path=path, cooptrain_reward=False)
-    with pytest.raises(ValueError, match="fusion"):
-        other.load(path)
+    with pytest.raises(ValueError, match="fusion"):  # a clip model of another fusion refuses the checkpoint
+        make_video_model(clip_length=3, num_frames=2, fusion='early', checkpoint_path=path, cooptrain_reward=False)
