@@ -29,6 +29,6 @@ def nothing_written_outside_tmp_path():
 
 @pytest.fixture(scope="session")
 def tiny_qwen_vl(tmp_path_factory):
-    """A tiny Qwen2-VL with random weights, saved as a local model folder (``ding_ext.tiny_qwen_vl``)."""
-    from ding_ext.tiny_qwen_vl import build_tiny_qwen_vl
-    return build_tiny_qwen_vl(str(tmp_path_factory.mktemp("tiny_qwen_vl")))
+    """A tiny Qwen2-VL with random weights, saved as a local model folder (``ding_ext.random_qwen_vl``)."""
+    from ding_ext.random_qwen_vl import build_random_qwen_vl
+    return build_random_qwen_vl(str(tmp_path_factory.mktemp("tiny_qwen_vl")))

@@ -171,7 +171,8 @@ class VLMRewardModel(BaseVideoRewardModel):
         messages = [{'role': 'user', 'content': content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _prompts(self, task_descriptions: TaskDescriptions, n: int) -> List[str]:
+    def chat_prompts(self, task_descriptions: TaskDescriptions, n: int) -> List[str]:
+        """One chat prompt per clip (``chat_text``) for ``n`` clips: one task description for all, or one each."""
         if task_descriptions is None or isinstance(task_descriptions, str):
             return [self.chat_text(task_descriptions)] * n
         tasks = list(task_descriptions)
@@ -205,7 +206,7 @@ class VLMRewardModel(BaseVideoRewardModel):
         n = len(images)
         if n == 0:
             raise ValueError("empty image batch: no images to score")
-        prompts = self._prompts(task_descriptions, n)
+        prompts = self.chat_prompts(task_descriptions, n)
         step = int(self.cfg.inference_batch_size)
         out = []
         with torch.inference_mode():

@@ -1,12 +1,13 @@
-"""A tiny Qwen2-VL with random weights, saved like a real checkpoint folder: the plumbing of ``VLMRewardModel``
-(``qwen_vl``) can be tested and timed anywhere, without downloading anything.
+"""A Qwen2-VL with random weights, saved like a real checkpoint folder: the plumbing of ``VLMRewardModel``
+(``qwen_vl``) can be tested anywhere (``arch='tiny'``), and the cost of a real architecture measured without its
+weights (``arch='qwen2-vl-2b'``: Qwen2-VL-2B's layer sizes), with nothing downloaded.
 
 The folder has what ``transformers`` loads a real Qwen2-VL from: ``config.json`` and weights, a byte-level BPE
 tokenizer (built here with the ``tokenizers`` library) holding the special tokens the processor and the chat template
 need, the real ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor``, and a chat template in Qwen's format. Its
 answers mean nothing; its scores still depend on every frame and on the prompt.
 
-    python -m ding_ext.tiny_qwen_vl /tmp/tiny_qwen_vl      # then reward_model.model_path=/tmp/tiny_qwen_vl
+    python -m ding_ext.random_qwen_vl /tmp/tiny_qwen_vl      # then reward_model.model_path=/tmp/tiny_qwen_vl
 """
 import argparse
 import os
@@ -27,6 +28,17 @@ CHAT_TEMPLATE = (
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# layer sizes: text (hidden, mlp, layers, heads, kv heads, rotary sections, vocab) and vision (width, depth, heads)
+ARCHS = {
+    # a few thousand parameters; 16 vision tokens per image at most (max_pixels), so tests stay fast
+    'tiny': dict(hidden=32, mlp=64, layers=1, heads=2, kv_heads=1, mrope_section=[4, 2, 2], vocab=None,
+                 vision_width=32, vision_depth=1, vision_heads=2, vision_mlp_ratio=2, tie_embeddings=False,
+                 initializer_range=0.5, max_pixels=28 * 28 * 16),
+    # Qwen2-VL-2B-Instruct's sizes (2.2 B parameters), the processor's default resolution limits
+    'qwen2-vl-2b': dict(hidden=1536, mlp=8960, layers=28, heads=12, kv_heads=2, mrope_section=[16, 24, 24],
+                        vocab=151936, vision_width=1280, vision_depth=32, vision_heads=16, vision_mlp_ratio=4,
+                        tie_embeddings=True, initializer_range=0.02, max_pixels=None),
+}
 
 
 def build_tokenizer():
@@ -43,34 +55,34 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def build_tiny_qwen_vl(path: str, seed: int = 0, hidden_size: int = 32, layers: int = 1,
-                       initializer_range: float = 0.5, max_pixels: Optional[int] = 28 * 28 * 16) -> str:
-    """Write a random Qwen2-VL (``layers`` text and vision layers of width ``hidden_size``) with its tokenizer and
-    processor to ``path``; returns ``path``. ``max_pixels`` caps each image's resolution in the processor (16 vision
-    tokens per image by default). A large ``initializer_range`` spreads the random scores over (0, 1)."""
+def build_random_qwen_vl(path: str, arch: str = 'tiny', seed: int = 0, dtype: Optional[str] = None) -> str:
+    """Write a Qwen2-VL with random weights and layer sizes ``ARCHS[arch]``, its tokenizer and processor, to
+    ``path``; returns ``path``. ``dtype`` ('float32', 'bfloat16'): the stored weights' type (default float32)."""
     import torch
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    a = ARCHS[arch]
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    heads = 2
-    half_head = hidden_size // heads // 2  # multimodal rotary sections (time, height, width) share the half head
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=4096,
-            initializer_range=initializer_range,
-            rope_parameters=dict(rope_type='default', rope_theta=10000.0,
-                                 mrope_section=[half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]),
+            vocab_size=a['vocab'] or len(tokenizer), hidden_size=a['hidden'], intermediate_size=a['mlp'],
+            num_hidden_layers=a['layers'], num_attention_heads=a['heads'], num_key_value_heads=a['kv_heads'],
+            max_position_embeddings=32768, initializer_range=a['initializer_range'],
+            rope_parameters=dict(rope_type='default', rope_theta=1000000.0, mrope_section=a['mrope_section']),
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=layers, embed_dim=hidden_size, hidden_size=hidden_size, num_heads=heads, mlp_ratio=2,
-                           initializer_range=initializer_range),
+        vision_config=dict(depth=a['vision_depth'], embed_dim=a['vision_width'], hidden_size=a['hidden'],
+                           num_heads=a['vision_heads'], mlp_ratio=a['vision_mlp_ratio'],
+                           initializer_range=a['initializer_range']),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=a['tie_embeddings'],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    pixels = {} if max_pixels is None else dict(max_pixels=int(max_pixels))
+    model = Qwen2VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype or 'float32')).eval()
+    pixels = {} if a['max_pixels'] is None else dict(max_pixels=int(a['max_pixels']))
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                  video_processor=Qwen2VLVideoProcessor(), tokenizer=tokenizer,
                                  chat_template=CHAT_TEMPLATE)
@@ -83,11 +95,11 @@ def build_tiny_qwen_vl(path: str, seed: int = 0, hidden_size: int = 32, layers: 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('path', help='folder to write the model to')
+    p.add_argument('--arch', default='tiny', choices=sorted(ARCHS))
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--hidden-size', type=int, default=32)
-    p.add_argument('--layers', type=int, default=1)
+    p.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'])
     args = p.parse_args(argv)
-    print(build_tiny_qwen_vl(args.path, args.seed, args.hidden_size, args.layers))
+    print(build_random_qwen_vl(args.path, args.arch, args.seed, args.dtype))
 
 
 if __name__ == '__main__':
