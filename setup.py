@@ -17,6 +17,7 @@ setup(
         "easydict",
         "tqdm",
         "opencv-python",
+        "pyyaml",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"], "franka": ["franky-control"]},
     entry_points={

@@ -107,6 +107,9 @@ def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], metadata:
 def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Read a checkpoint; returns (state_dict with prefixes stripped, metadata or {}).
 
+    A ``.pt`` file holds a state dict, or one under ``state_dict`` / ``model`` (with ``metadata`` beside it) or
+    ``model_state_dict`` (RLinf's trainer).
+
     ``.pt`` files are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
     file cannot run code when loaded. Raises ``ValueError`` naming the path for a corrupt or truncated
     file, or for a ``.pt`` file that holds other pickled objects.
@@ -133,6 +136,8 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         metadata = dict(obj.get("metadata") or {})
         obj = obj["model"]
+    elif isinstance(obj, dict) and "model_state_dict" in obj and isinstance(obj["model_state_dict"], dict):
+        obj = obj["model_state_dict"]  # RLinf's trainer wraps the weights with the optimiser's state
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return strip_prefixes(obj), metadata

@@ -32,7 +32,7 @@ PROG = 'python -m ding_ext.evaluate_reward_model'
 # reward-model config keys rebuilt from checkpoint metadata (all required: the network's shape and input)
 NETWORK_KEYS = ('arch', 'hidden_dim', 'image_size', 'normalize')
 # rebuilt when present (absent in checkpoints written before the option existed)
-OPTIONAL_NETWORK_KEYS = ('image_crop', 'clip_length', 'num_frames', 'frame_sampling', 'fusion')
+OPTIONAL_NETWORK_KEYS = ('image_crop', 'resize_antialias', 'clip_length', 'num_frames', 'frame_sampling', 'fusion')
 
 
 class EvaluationError(Exception):

@@ -133,11 +133,13 @@ def preprocess_images(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     crop: Optional[Sequence[float]] = None,
+    antialias: bool = True,
 ) -> torch.Tensor:
     """Validate and convert images to a float NCHW batch ready for the network.
 
     ``crop``: [top, left, height, width] as fractions of each image, cut out before the resize (spend the
     network's pixels on the workspace, as per-camera crops do on real robots); None keeps the whole image.
+    ``antialias``: low-pass filter when the resize shrinks an image (False: plain bilinear, as RLinf resizes).
 
     A list may hold images of different sizes: each is resized to ``image_size`` on its own. Raises
     ``ValueError`` naming the problem for: a wrong channel count, an ambiguous or 2-d shape, an empty
@@ -150,7 +152,7 @@ def preprocess_images(
         if crop is not None:
             x = crop_images(x, crop)
         if x.shape[-2:] != (h, w):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
         parts.append(x)
     x = parts[0] if len(parts) == 1 else torch.cat(parts)
     if normalize:

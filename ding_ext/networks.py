@@ -1,6 +1,6 @@
 """The success classifier as a plain torch module: a torchvision ResNet trunk and a small head."""
 import os
-from typing import Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -86,3 +86,26 @@ class ResNetClassifier(nn.Module):
             feats = self.backbone(x.reshape(b * self.frames, x.shape[1] // self.frames, *x.shape[2:]))
             return self.head(feats.reshape(b, -1)).squeeze(-1)
         return self.head(self.backbone(x)).squeeze(-1)
+
+
+# residual blocks per stage (layer1..layer4) and whether blocks are bottlenecks (have conv3), as torchvision builds them
+_RESNET_LAYOUTS = {
+    ((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152",
+}
+
+
+def infer_classifier_settings(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """``arch`` and ``hidden_dim`` of a ``ResNetClassifier`` state dict, read from its keys and shapes (a key is
+    left out when the state dict does not show it)."""
+    out: Dict[str, Any] = {}
+    blocks = [len({k.split(".")[2] for k in state if k.startswith(f"backbone.layer{i}.")}) for i in range(1, 5)]
+    bottleneck = any(".conv3." in k for k in state if k.startswith("backbone.layer"))
+    arch = _RESNET_LAYOUTS.get((tuple(blocks), bottleneck))
+    if arch:
+        out["arch"] = arch
+    if "head.3.weight" in state and "head.0.weight" in state:
+        out["hidden_dim"] = int(state["head.0.weight"].shape[0])
+    elif "head.1.weight" in state:
+        out["hidden_dim"] = None
+    return out

@@ -6,6 +6,7 @@ from ding.reward_model import create_reward_model
 from ding.utils import REWARD_MODEL_REGISTRY
 from easydict import EasyDict
 
+from .observations import TaskDescriptions, images_from_observations
 from .reward_models import BaseImageRewardModel
 
 
@@ -13,7 +14,11 @@ class RewardManager:
     """Owns one image reward model built from ``config`` through DI-engine's registry.
 
     >>> manager = RewardManager(EasyDict(type='resnet', checkpoint_path='best_model.safetensors'))
-    >>> rewards = manager.compute_rewards(images_nhwc_uint8)  # tensor of shape (N,)
+    >>> rewards = manager.compute_rewards({'images': images_nhwc_uint8})  # tensor of shape (N,); bare images work too
+
+    The calls of RLinf's ``RewardManager``: ``compute_rewards(observations, task_descriptions)``, ``to_device``,
+    ``register_model``, ``get_available_models``. An RLinf ``reward:`` YAML block becomes a config here through
+    ``ding_ext.rlinf_migration``.
     """
 
     def __init__(self, config: Optional[dict] = None, device: str = 'cpu', tb_logger: Any = None) -> None:
@@ -48,17 +53,17 @@ class RewardManager:
             raise RuntimeError("RewardManager has no model: pass a config when constructing it")
         return self.model
 
-    def compute_rewards(self, observations: Any) -> torch.Tensor:
-        """Model rewards for a batch of images (NHWC or NCHW, numpy or torch, uint8 or float in [0, 1])."""
-        return self._require_model().compute_rewards(observations)
+    def compute_rewards(self, observations: Any, task_descriptions: TaskDescriptions = None) -> torch.Tensor:
+        """The model's ``compute_reward``: scaled model reward per image, shape (N,). ``observations`` is a dict with
+        ``images`` or ``main_images`` (NHWC or NCHW, numpy or torch, uint8 or float in [0, 1]) and optional
+        ``states``, or bare images."""
+        return self._require_model().compute_reward(observations, task_descriptions)
 
     def compute_probabilities(self, observations: Any) -> torch.Tensor:
-        """Success probabilities for a batch of images."""
-        return self._require_model().predict_proba(observations)
+        """Success probabilities for an observations dict or bare images."""
+        return self._require_model().predict_proba(images_from_observations(observations))
 
     def to_device(self, device: str) -> "RewardManager":
-        model = self._require_model()
-        model.device = torch.device(device)
-        model.network.to(model.device)
+        self._require_model().to_device(device)
         self.device = device
         return self

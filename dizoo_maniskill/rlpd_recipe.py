@@ -24,6 +24,8 @@ ARMS = ('oracle', 'frozen', 'cotrain')
 # resets 10**7 + 1000 * seed + k (ManiSkillEnv.vary_static_seed)
 CLASSIFIER_SEED, EXPERT_SEED, DEMO_SEED = 10000, 30000, 500000
 MODEL_IMAGE_SIZE = [3, 64, 64]
+# a clip classifier's settings, taken from its checkpoint
+VIDEO_KEYS = ('clip_length', 'num_frames', 'frame_sampling', 'fusion')
 
 
 def env_config(**overrides: Any) -> Dict[str, Any]:
@@ -48,9 +50,11 @@ def record_classifier_data(data_dir: str, planner_episodes: int, expert_episodes
 
 
 def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,
-                     precision_confidence: float = 0.95, **options: Any) -> Dict[str, Any]:
+                     precision_confidence: float = 0.95, clip: Optional[Dict[str, Any]] = None,
+                     **options: Any) -> Dict[str, Any]:
     """The miniature classifier: the reward camera's image at 64 px, cosine schedule, last epoch kept; the stored
-    threshold is the lowest whose validation precision reaches ``target_precision`` with ``precision_confidence``."""
+    threshold is the lowest whose validation precision reaches ``target_precision`` with ``precision_confidence``.
+    ``clip`` (e.g. ``CLIP``): the data holds clips of ``reward_frames`` frames; train ``resnet_video`` on them."""
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
     from ding_ext.train_reward_model import train_reward_model
     opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
@@ -59,6 +63,9 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
     opts.update(options)
     model = {'model.arch': RESNET_REWARD['arch'], 'model.hidden_dim': RESNET_REWARD['hidden_dim'],
              'model.image_size': MODEL_IMAGE_SIZE}
+    if clip:
+        model.update({'model.type': 'resnet_video', 'model.clip_length': int(clip['reward_frames']),
+                      **{f'model.{k}': clip[k] for k in ('num_frames', 'frame_sampling', 'fusion')}})
     return train_reward_model(data_dir, **opts, **model)
 
 
@@ -77,6 +84,7 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
     ``demo_episodes``: use the folder's first N episodes)."""
     from dizoo_maniskill.config import pickcube_rlpd_resnet_reward_config as rlpd
     from ding_ext.checkpoint_io import load_checkpoint
+    from entry.experiment_config import demo_env_metadata
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
     main, create = copy.deepcopy(rlpd.main_config), copy.deepcopy(rlpd.create_config)
@@ -90,12 +98,21 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
         main.pop('reward_model')
         create.pop('reward_model')
         main.env.reward_render_mode = 'none'  # nothing scores images: rendering would only cost time
+        # the demos' images are not used: any reward camera and clip length will do
+        main.policy.other.replay_buffer.demo_env_metadata = {
+            k: v for k, v in demo_env_metadata(main.env).items() if k in ('env_id', 'control_mode')}
         return main, create
     if not checkpoint or not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"arm {arm!r} needs the trained classifier; not found: {checkpoint}")
     rm = main.reward_model
-    rm.update(checkpoint_path=os.path.abspath(checkpoint), image_size=MODEL_IMAGE_SIZE, cooptrain_reward=arm == 'cotrain')
-    calibrated = load_checkpoint(checkpoint)[1].get('calibrated_threshold')
+    meta = load_checkpoint(checkpoint)[1]
+    rm.update(checkpoint_path=os.path.abspath(checkpoint), image_size=meta.get('image_size', MODEL_IMAGE_SIZE),
+              cooptrain_reward=arm == 'cotrain')
+    if meta.get('type') == 'resnet_video':  # a clip classifier: its clip settings, and an env that renders clips
+        rm.update(type='resnet_video', **{k: meta[k] for k in VIDEO_KEYS if k in meta})
+        main.env.update({k: meta[k] for k in ('reward_frames', 'reward_frame_stride') if k in meta})
+        main.policy.other.replay_buffer.demo_env_metadata = demo_env_metadata(main.env)
+    calibrated = meta.get('calibrated_threshold')
     if calibrated is None:
         # e.g. a validation split too small to show the target precision with confidence: say so, use 0.5
         logging.warning(f"{checkpoint} has no calibrated threshold; the {arm} arm uses 0.5")

@@ -22,14 +22,16 @@ from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
 from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
 from ..transitions import FRAME_INFO_KEY, as_bool, labelled_images, lookup
+from .reward_model_api import RewardModelAPI
 
 logger = logging.getLogger(__name__)
 
 REWARD_MODES = ("per_step", "terminal")
 COMBINE_MODES = ("replace", "add", "weighted")
+SOFT_REWARD_CHOICES = (False, True, "above_threshold")
 
 
-class BaseImageRewardModel(BaseRewardModel):
+class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
     """Image success classifier as a DI-engine reward model (see ``config`` for every key)."""
 
     config = dict(
@@ -42,6 +44,9 @@ class BaseImageRewardModel(BaseRewardModel):
         image_crop=None,
         # (bool) Normalise with ImageNet mean/std (keep true with ImageNet-pretrained weights).
         normalize=True,
+        # (bool) Low-pass filter images the resize to image_size shrinks; false: plain bilinear, as RLinf resizes
+        # (set for its checkpoints by ding_ext.rlinf_migration). Stored in and checked against checkpoints.
+        resize_antialias=True,
         # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16 | auto (bf16 or fp16 only
         # where the device runs it natively, else fp32; see ding_ext.precision). The choice is logged and kept in
         # ``precision_choice``.
@@ -56,11 +61,12 @@ class BaseImageRewardModel(BaseRewardModel):
         # in the checkpoint's metadata by `python -m ding_ext.evaluate_reward_model --checkpoint CKPT --data DIR
         # --store-threshold` (the lowest threshold reaching a target precision on held-out data).
         reward_threshold=0.5,
-        # (bool) Use the success probability itself as the model reward instead of success/fail_reward.
+        # (bool|str) true: the success probability p itself is the model reward (no threshold); 'above_threshold':
+        # p where p > threshold, else 0 (RLinf's reward_threshold); false: success/fail_reward by threshold.
         use_soft_reward=False,
         # (str) replace: w*r; add: env + w*r; weighted: env_reward_weight*env + w*r (w = reward_weight).
         combine_mode='replace',
-        # (float) Weight w of the model reward.
+        # (float) Weight w of the model reward (``scale_reward``; RLinf's ``alpha``).
         reward_weight=1.0,
         # (float) Weight of the env reward in ``weighted`` mode.
         env_reward_weight=1.0,
@@ -203,7 +209,7 @@ class BaseImageRewardModel(BaseRewardModel):
         """Fields that must agree between a checkpoint and the config."""
         crop = None if self.cfg.image_crop is None else [float(v) for v in self.cfg.image_crop]
         return dict(type=self.cfg.type, image_size=list(self.cfg.image_size), normalize=bool(self.cfg.normalize),
-                    image_crop=crop)
+                    image_crop=crop, resize_antialias=bool(self.cfg.resize_antialias))
 
     # ------------------------------------------------------------------ config
     def _validate_config(self) -> None:
@@ -212,6 +218,8 @@ class BaseImageRewardModel(BaseRewardModel):
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {c.reward_mode!r}")
         if c.combine_mode not in COMBINE_MODES:
             raise ValueError(f"combine_mode must be one of {COMBINE_MODES}, got {c.combine_mode!r}")
+        if c.use_soft_reward not in SOFT_REWARD_CHOICES:
+            raise ValueError(f"use_soft_reward must be one of {SOFT_REWARD_CHOICES}, got {c.use_soft_reward!r}")
         if c.precision not in PRECISION_CHOICES:
             raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {c.precision!r}")
         check_crop(c.image_crop)
@@ -250,7 +258,8 @@ class BaseImageRewardModel(BaseRewardModel):
         """Validated float NCHW batch on the model's device (the one path for training and inference)."""
         return preprocess_images(
             images, self.cfg.image_size, self.cfg.normalize, self.device, torch.float32,
-            channels_last=self.device.type == 'cuda', crop=self.cfg.image_crop
+            channels_last=self.device.type == 'cuda', crop=self.cfg.image_crop,
+            antialias=bool(self.cfg.resize_antialias)
         )
 
     def _autocast(self):
@@ -277,8 +286,11 @@ class BaseImageRewardModel(BaseRewardModel):
         return torch.cat(out)
 
     def apply_threshold(self, probs: torch.Tensor) -> torch.Tensor:
-        """Model reward from probabilities: p itself with use_soft_reward, else success/fail_reward by threshold."""
+        """Model reward from probabilities: p itself with use_soft_reward, p above the threshold (else 0) with
+        use_soft_reward='above_threshold', else success/fail_reward by threshold."""
         probs = torch.as_tensor(probs, dtype=torch.float32)
+        if self.cfg.use_soft_reward == 'above_threshold':
+            return torch.where(probs > self.threshold, probs, torch.zeros_like(probs))
         if self.cfg.use_soft_reward:
             return probs.clone()
         return torch.where(
@@ -289,11 +301,12 @@ class BaseImageRewardModel(BaseRewardModel):
 
     def combine(self, env_reward: torch.Tensor, model_reward: torch.Tensor) -> torch.Tensor:
         c = self.cfg
+        scaled = self.scale_reward(model_reward)
         if c.combine_mode == 'replace':
-            return c.reward_weight * model_reward
+            return scaled
         if c.combine_mode == 'add':
-            return env_reward + c.reward_weight * model_reward
-        return c.env_reward_weight * env_reward + c.reward_weight * model_reward
+            return env_reward + scaled
+        return c.env_reward_weight * env_reward + scaled
 
     def compute_rewards(self, images: Any) -> torch.Tensor:
         """Model reward (before combining with the env reward) for a batch of images."""
@@ -453,12 +466,26 @@ class BaseImageRewardModel(BaseRewardModel):
         self._load_weights(weights, meta, source=f"checkpoint {path}")
         return meta
 
+    def checkpoint_weights(self, weights: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+        """The network's state dict from a checkpoint's tensors; subclasses map other layouts (e.g. RLinf's)."""
+        return dict(weights)
+
+    def describe_weights(self, weights: Mapping[str, torch.Tensor]) -> str:
+        """What the network settings of ``weights`` look like, for error messages ('' when unknown)."""
+        return ''
+
     def _load_weights(self, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any], source: str) -> None:
+        if not meta:
+            logger.warning("%s has no metadata (a plain state dict, e.g. saved by RLinf): its settings are taken from "
+                           "the config unchecked: %s", source, self.metadata())
         check_metadata(meta, self.metadata(), source=source)
+        weights = self.checkpoint_weights(weights, source)
         try:
-            self.network.load_state_dict(dict(weights))
+            self.network.load_state_dict(weights)
         except RuntimeError as e:
-            raise ValueError(f"{source} does not fit the configured network: {e}") from e
+            hint = self.describe_weights(weights)
+            hint = f"; {hint}" if hint else ""
+            raise ValueError(f"{source} does not fit the configured network{hint}: {e}") from e
         self.loaded_metadata = dict(meta)
         self._calibration = {k: meta[k] for k in CALIBRATION_KEYS if k in meta}
 

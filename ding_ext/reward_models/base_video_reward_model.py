@@ -77,7 +77,7 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         b, k = clips.shape[:2]
         frames = preprocess_images(
             clips.reshape(b * k, *clips.shape[2:]), self.cfg.image_size, self.cfg.normalize, self.device,
-            torch.float32, crop=self.cfg.image_crop)
+            torch.float32, crop=self.cfg.image_crop, antialias=bool(self.cfg.resize_antialias))
         return frames.reshape(b, k, *frames.shape[1:])
 
     def preprocess_images(self, images: Any) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """``ResNetRewardModel``: a torchvision ResNet success classifier, registered as ``resnet``."""
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
 
+import torch
 import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
-from ..networks import ResNetClassifier
+from ..networks import ResNetClassifier, infer_classifier_settings
+from ..rlinf_checkpoint import from_rlinf_resnet
 from .base_image_reward_model import BaseImageRewardModel
 
 
@@ -13,7 +15,8 @@ class ResNetRewardModel(BaseImageRewardModel):
     """Binary success classifier (ResNet trunk + MLP head) as a DI-engine reward model.
 
     Build it with ``create_reward_model(EasyDict(type='resnet', ...), device, tb_logger)`` after
-    ``import ding_ext``; ``default_config()`` lists every key with its meaning.
+    ``import ding_ext``; ``default_config()`` lists every key with its meaning. Checkpoints saved by RLinf's
+    ResNetRewardModel load too (``ding_ext.rlinf_checkpoint``).
     """
 
     config = dict(
@@ -36,3 +39,13 @@ class ResNetRewardModel(BaseImageRewardModel):
         meta = super().network_metadata()
         meta.update(arch=self.cfg.arch, hidden_dim=self.cfg.hidden_dim)
         return meta
+
+    def checkpoint_weights(self, weights: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+        return from_rlinf_resnet(weights, source)
+
+    def describe_weights(self, weights: Mapping[str, torch.Tensor]) -> str:
+        found = infer_classifier_settings(weights)
+        if not found:
+            return ''
+        config = {k: self.cfg[k] for k in found}
+        return f"the checkpoint looks like {found}, the config says {config}"

@@ -41,6 +41,24 @@ def test_arm_configs(tmp_path):
         arm_config('dense', 'd', 'demos')
 
 
+def test_a_clip_classifier_sets_the_reward_model_and_the_env(tmp_path):
+    """A resnet_video checkpoint brings its clip settings, and the env renders clips as its data did; the oracle
+    ignores the demos' image settings (it scores no images)."""
+    from tests.ding_ext.test_video_reward_model import make_video_model
+    env_meta = {'control_mode': 'pd_ee_delta_pos', 'reward_frames': 5, 'reward_frame_stride': 2}
+    ckpt = make_video_model(clip_length=5, num_frames=2, fusion='early', env_metadata=env_meta).save(
+        str(tmp_path / 'clip.safetensors'))
+    frozen, _ = arm_config('frozen', 'f', 'demos', checkpoint=ckpt)
+    rm = frozen.reward_model
+    assert (rm.type, rm.clip_length, rm.num_frames, rm.fusion, rm.image_size) == ('resnet_video', 5, 2, 'early',
+                                                                                  [3, 32, 32])
+    assert (frozen.env.reward_frames, frozen.env.reward_frame_stride) == (5, 2)
+    demo_meta = frozen.policy.other.replay_buffer.demo_env_metadata
+    assert demo_meta['reward_frames'] == 5 and demo_meta['reward_frame_stride'] == 2
+    oracle, _ = arm_config('oracle', 'o', 'demos')
+    assert set(oracle.policy.other.replay_buffer.demo_env_metadata) == {'env_id', 'control_mode'}
+
+
 def test_steps_to_reach_and_pooled_agreement():
     curve = [(0, 0.0), (2000, 0.4), (4000, 0.95), (6000, 0.85)]
     assert steps_to_reach(curve, 0.9) == 4000 and steps_to_reach(curve, 0.4) == 2000
