@@ -30,14 +30,15 @@ CHAT_TEMPLATE = (
 )
 # layer sizes: text (hidden, mlp, layers, heads, kv heads, rotary sections, vocab) and vision (width, depth, heads)
 ARCHS = {
-    # a few thousand parameters; 16 vision tokens per image at most (max_pixels), so tests stay fast
-    'tiny': dict(hidden=32, mlp=64, layers=1, heads=2, kv_heads=1, mrope_section=[4, 2, 2], vocab=None,
-                 vision_width=32, vision_depth=1, vision_heads=2, vision_mlp_ratio=2, tie_embeddings=False,
+    # ~100 k parameters; 16 vision tokens per image at most (max_pixels), so tests stay fast; the short rotary
+    # wavelength (rope_theta) lets the random scores depend strongly on the images
+    'tiny': dict(hidden=32, mlp=64, layers=1, heads=2, kv_heads=1, mrope_section=[4, 2, 2], rope_theta=1e4,
+                 vocab=None, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp_ratio=2, tie_embeddings=False,
                  initializer_range=0.5, max_pixels=28 * 28 * 16),
     # Qwen2-VL-2B-Instruct's sizes (2.2 B parameters), the processor's default resolution limits
     'qwen2-vl-2b': dict(hidden=1536, mlp=8960, layers=28, heads=12, kv_heads=2, mrope_section=[16, 24, 24],
-                        vocab=151936, vision_width=1280, vision_depth=32, vision_heads=16, vision_mlp_ratio=4,
-                        tie_embeddings=True, initializer_range=0.02, max_pixels=None),
+                        rope_theta=1e6, vocab=151936, vision_width=1280, vision_depth=32, vision_heads=16,
+                        vision_mlp_ratio=4, tie_embeddings=True, initializer_range=0.02, max_pixels=None),
 }
 
 
@@ -71,7 +72,7 @@ def build_random_qwen_vl(path: str, arch: str = 'tiny', seed: int = 0, dtype: Op
             vocab_size=a['vocab'] or len(tokenizer), hidden_size=a['hidden'], intermediate_size=a['mlp'],
             num_hidden_layers=a['layers'], num_attention_heads=a['heads'], num_key_value_heads=a['kv_heads'],
             max_position_embeddings=32768, initializer_range=a['initializer_range'],
-            rope_parameters=dict(rope_type='default', rope_theta=1000000.0, mrope_section=a['mrope_section']),
+            rope_parameters=dict(rope_type='default', rope_theta=a['rope_theta'], mrope_section=a['mrope_section']),
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=a['vision_depth'], embed_dim=a['vision_width'], hidden_size=a['hidden'],
                            num_heads=a['vision_heads'], mlp_ratio=a['vision_mlp_ratio'],
@@ -81,7 +82,7 @@ def build_random_qwen_vl(path: str, arch: str = 'tiny', seed: int = 0, dtype: Op
         tie_word_embeddings=a['tie_embeddings'],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype or 'float32')).eval()
+    model = Qwen2VLForConditionalGeneration(config).to(getattr(torch, dtype or 'float32')).eval()
     pixels = {} if a['max_pixels'] is None else dict(max_pixels=int(a['max_pixels']))
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                  video_processor=Qwen2VLVideoProcessor(), tokenizer=tokenizer,

@@ -17,12 +17,15 @@ in ``model_path``; the run's ``rerun_config.py`` records the config).
 """
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
+from ..observations import TaskDescriptions, batch_size, check_task_descriptions, images_from_observations
+from ..precision import PRECISIONS, resolve_precision
 from .base_video_reward_model import BaseVideoRewardModel
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,6 @@ EXTRA_HINT = "pip install -e '.[vlm]' (or pip install transformers)"
 DOWNLOAD_HINT = ("download the weights on a machine with internet, e.g. `huggingface-cli download "
                  "Qwen/Qwen2-VL-2B-Instruct --local-dir /models/Qwen2-VL-2B-Instruct`, and set "
                  "reward_model.model_path to that folder")
-TaskDescriptions = Optional[Union[str, Sequence[str]]]
 
 
 def import_transformers():
@@ -173,11 +175,10 @@ class VLMRewardModel(BaseVideoRewardModel):
 
     def chat_prompts(self, task_descriptions: TaskDescriptions, n: int) -> List[str]:
         """One chat prompt per clip (``chat_text``) for ``n`` clips: one task description for all, or one each."""
+        check_task_descriptions(task_descriptions, n)
         if task_descriptions is None or isinstance(task_descriptions, str):
             return [self.chat_text(task_descriptions)] * n
         tasks = list(task_descriptions)
-        if len(tasks) != n:
-            raise ValueError(f"got {len(tasks)} task descriptions for {n} clips: pass one per clip, or one string")
         texts = {t: self.chat_text(t) for t in set(tasks)}
         return [texts[t] for t in tasks]
 
@@ -203,7 +204,9 @@ class VLMRewardModel(BaseVideoRewardModel):
     def predict_proba(self, images: Any, task_descriptions: TaskDescriptions = None) -> torch.Tensor:
         """Success probability per clip, float32 on CPU; ``task_descriptions`` (one string, or one per clip)
         replaces the configured ``task_description`` in the prompt."""
-        n = len(images)
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3:
+            images = images[None]  # one HWC filmstrip
+        n = batch_size(images)
         if n == 0:
             raise ValueError("empty image batch: no images to score")
         prompts = self.chat_prompts(task_descriptions, n)
@@ -221,6 +224,23 @@ class VLMRewardModel(BaseVideoRewardModel):
         probs = self.predict_proba(images, task_descriptions)
         self._dump_debug(images, probs)
         return self.apply_threshold(probs)
+
+    def compute_reward(self, observations: Any, task_descriptions: TaskDescriptions = None) -> torch.Tensor:
+        """RLinf's call: scaled model reward per clip for an observations dict (``images`` / ``main_images``) or bare
+        clips; ``task_descriptions`` (one string, or one per clip) go into the prompts."""
+        images = images_from_observations(observations)
+        return self.scale_reward(self.compute_rewards(images, task_descriptions))
+
+    def to_device(self, device: Any = None) -> "VLMRewardModel":
+        """Move the model to ``device`` in the precision chosen for it there ('auto' may choose another)."""
+        if device is None:
+            return self
+        self.device = torch.device(device)
+        precision, reason = resolve_precision(self.cfg.precision, self.device)
+        self.precision_choice = dict(precision=precision, reason=reason)
+        self.dtype = PRECISIONS[precision]
+        self.network.to(device=self.device, dtype=self.dtype)
+        return self
 
     # ------------------------------------------------------------------ frozen: nothing to train, save or load
     def train_step(self, images: Any, labels: torch.Tensor, pos_weight: Optional[float] = None) -> Dict[str, float]:

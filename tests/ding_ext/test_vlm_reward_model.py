@@ -43,8 +43,9 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(vlm):
     pt = vlm.predict_proba(x, tasks)
     assert torch.allclose(pt, torch.cat([vlm.predict_proba(x[i:i + 1], tasks[i]) for i in range(6)]), atol=1e-5)
     assert not torch.allclose(pt, p, atol=1e-4)  # the task text reaches the model
-    with pytest.raises(ValueError, match="2 task descriptions for 6 clips"):
+    with pytest.raises(ValueError, match="2 entries for 6 images"):
         vlm.predict_proba(x, tasks[:2])
+    assert torch.equal(vlm.predict_proba(x[0]), p[:1])  # one HWC filmstrip is a batch of one
 
 
 def test_prompt_is_the_chat_template_with_one_image_per_sampled_frame(tiny_qwen_vl):
@@ -117,17 +118,24 @@ def test_estimate_in_per_step_and_terminal_modes(tiny_qwen_vl, reward_mode, comb
     assert [float(t['reward']) for t in data] == [0.25] * 5  # the input is left unchanged
 
 
-def test_reward_manager_thresholds_and_soft_reward(tiny_qwen_vl):
+def test_reward_manager_observations_task_descriptions_thresholds_and_soft_reward(tiny_qwen_vl):
     from ding_ext.reward_manager import RewardManager
     cfg = dict(type='qwen_vl', model_path=tiny_qwen_vl, image_size=[3, H, H], clip_length=2, num_frames=2,
-               success_reward=2.0, fail_reward=0.0, reward_threshold=0.4)
+               success_reward=2.0, fail_reward=0.0, reward_threshold=0.4, reward_weight=0.5)
     manager = RewardManager(cfg)
     assert 'qwen_vl' in RewardManager.get_available_models()
     x = clips(6, seed=4)
-    p = manager.compute_probabilities(x)
-    assert torch.equal(manager.compute_rewards(x), torch.where(p > 0.4, 2.0, 0.0))
+    p = manager.compute_probabilities({'images': x})
+    assert torch.equal(manager.compute_rewards(x), 0.5 * torch.where(p > 0.4, 2.0, 0.0))
+    # RLinf's call: the observations dict and per-clip task descriptions, which reach the prompts
+    tasks = ['Pick up the cube.'] * 3 + ['Move it to the goal.'] * 3
+    pt = manager.model.predict_proba(x, tasks)
+    assert not torch.allclose(pt, p, atol=1e-4)
+    assert torch.equal(manager.compute_rewards({'main_images': x, 'states': np.zeros((6, 9))}, tasks),
+                       0.5 * torch.where(pt > 0.4, 2.0, 0.0))
     soft = RewardManager(dict(cfg, use_soft_reward=True)).to_device('cpu')
-    assert torch.allclose(soft.compute_rewards(x), p)
+    assert soft.model.network.device.type == 'cpu'
+    assert torch.allclose(soft.compute_rewards(x), 0.5 * p)
 
 
 def test_precision_bf16_and_auto(tiny_qwen_vl):
