@@ -9,13 +9,15 @@ ratio = ours / baseline seconds (the cost of our preparation around the model).
 
 The model: ``--model-path DIR`` (a local Qwen2-VL / Qwen2.5-VL folder), else a random Qwen2-VL built in a temporary
 folder (``--random-arch tiny``, the default, runs anywhere in seconds; ``--random-arch qwen2-vl-2b`` has
-Qwen2-VL-2B's layer sizes, so its timings are those of the real 2B model, ~9 GB of memory in fp32).
+Qwen2-VL-2B's layer sizes, so its timings are those of the real 2B model, ~9 GB of memory in fp32;
+``--depth-fraction 0.25`` keeps a quarter of its layers, where memory is short: compute is linear in depth).
 
     python bench/vlm_reward_cost.py                                   # tiny random model, CPU
-    python bench/vlm_reward_cost.py --random-arch qwen2-vl-2b --batches 1 --seconds 0
+    python bench/vlm_reward_cost.py --random-arch qwen2-vl-2b --batches 1 --seconds 0 --repeats 1
     python bench/vlm_reward_cost.py --model-path /models/Qwen2-VL-2B-Instruct --device cuda --precision bf16
 
-Writes ``bench/results/vlm_reward_cost_<device>.json`` (``--out``) after every row, with a machine description.
+Writes ``bench/results/vlm_reward_cost_<device>.json`` (the tiny default; other models add ``_<arch or folder>``,
+or ``--out``) after every row, with a machine description.
 """
 import argparse
 import json
@@ -84,6 +86,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model-path', default=None, help='local model folder (default: a random model, --random-arch)')
     p.add_argument('--random-arch', default='tiny', help="tiny | qwen2-vl-2b (without --model-path)")
+    p.add_argument('--depth-fraction', type=float, default=1.0,
+                   help='random models: keep this fraction of the layers (compute is linear in depth)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     p.add_argument('--precision', default='fp32', help='fp32 | bf16 | auto')
     p.add_argument('--batches', default='1,8', help='comma list of clips per call')
@@ -91,14 +95,19 @@ def main() -> None:
     p.add_argument('--image-size', type=int, default=224, help='each frame is S x S (image_size [3, S, S])')
     p.add_argument('--seconds', type=float, default=2.0, help='per timed function (0: one call per repeat)')
     p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--out', default=None)
+    p.add_argument('--repeats', type=int, default=3, help='timed runs per function (the median is reported)')
+    p.add_argument('--out', default=None, help='default: bench/results/vlm_reward_cost_<device>[_<model>].json')
     a = p.parse_args()
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     device = torch.device(a.device)
     batches = [int(b) for b in a.batches.split(',')]
     frames_list = [int(f) for f in a.frames.split(',')]
-    out_path = a.out or os.path.join(ROOT, 'bench', 'results', f'vlm_reward_cost_{device.type}.json')
+    model_name = os.path.basename(os.path.normpath(a.model_path)) if a.model_path else a.random_arch
+    if not a.model_path and a.depth_fraction != 1.0:
+        model_name += f'_depth{a.depth_fraction:g}'
+    suffix = '' if model_name == 'tiny' else f'_{model_name}'
+    out_path = a.out or os.path.join(ROOT, 'bench', 'results', f'vlm_reward_cost_{device.type}{suffix}.json')
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     from ding_ext.checkpoint_io import write_json_atomic
     tmp = None
@@ -108,12 +117,13 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix='random_qwen_vl_')
         t0 = time.perf_counter()
         model_path = build_random_qwen_vl(tmp.name, a.random_arch, dtype='bfloat16' if a.random_arch != 'tiny'
-                                          else None)
+                                          else None, depth_fraction=a.depth_fraction)
         print(f"built a random {a.random_arch} Qwen2-VL in {time.perf_counter() - t0:.1f} s", flush=True)
     result = dict(machine=machine(device), rows=[],
                   config=dict(model_path=a.model_path, random_arch=None if a.model_path else a.random_arch,
+                              depth_fraction=None if a.model_path else a.depth_fraction,
                               precision=a.precision, image_size=a.image_size, batches=batches, frames=frames_list,
-                              seconds=a.seconds, warmup=a.warmup))
+                              seconds=a.seconds, warmup=a.warmup, repeats=a.repeats))
     print(json.dumps(result['machine']), flush=True)
     rng = np.random.default_rng(0)
     print(f"{'frames':>6} {'batch':>5} {'tokens':>6} {'ours s/img':>10} {'base s/img':>10} {'ratio':>6}", flush=True)
@@ -132,8 +142,9 @@ def main() -> None:
                         return model.network(**inputs, logits_to_keep=1).logits
 
                 row = dict(frames=frames, batch=n, sequence_tokens=int(inputs['input_ids'].shape[1]))
-                row['baseline'] = seconds_per_call(baseline, a.seconds, a.warmup, device)
-                row['ours'] = seconds_per_call(lambda: model.compute_rewards(clips), a.seconds, a.warmup, device)
+                row['baseline'] = seconds_per_call(baseline, a.seconds, a.warmup, device, a.repeats)
+                row['ours'] = seconds_per_call(lambda: model.compute_rewards(clips), a.seconds, a.warmup, device,
+                                               a.repeats)
                 row['ours_s_per_image'] = row['ours']['s'] / n
                 row['baseline_s_per_image'] = row['baseline']['s'] / n
                 row['ratio'] = row['ours']['s'] / row['baseline']['s']

@@ -56,15 +56,22 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def build_random_qwen_vl(path: str, arch: str = 'tiny', seed: int = 0, dtype: Optional[str] = None) -> str:
+def build_random_qwen_vl(path: str, arch: str = 'tiny', seed: int = 0, dtype: Optional[str] = None,
+                         depth_fraction: float = 1.0) -> str:
     """Write a Qwen2-VL with random weights and layer sizes ``ARCHS[arch]``, its tokenizer and processor, to
-    ``path``; returns ``path``. ``dtype`` ('float32', 'bfloat16'): the stored weights' type (default float32)."""
+    ``path``; returns ``path``. ``dtype`` ('float32', 'bfloat16'): the stored weights' type (default float32).
+    ``depth_fraction`` keeps that fraction of the text and vision layers (at least one each): a model's compute
+    grows linearly with its depth, so timings of shallower copies bound a model too large for the machine."""
     import torch
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
-    a = ARCHS[arch]
+    if not 0 < float(depth_fraction) <= 1:
+        raise ValueError(f"depth_fraction must lie in (0, 1], got {depth_fraction}")
+    a = dict(ARCHS[arch])
+    a['layers'] = max(1, round(a['layers'] * float(depth_fraction)))
+    a['vision_depth'] = max(1, round(a['vision_depth'] * float(depth_fraction)))
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2VLConfig(
@@ -82,7 +89,8 @@ def build_random_qwen_vl(path: str, arch: str = 'tiny', seed: int = 0, dtype: Op
         tie_word_embeddings=a['tie_embeddings'],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).to(getattr(torch, dtype or 'float32')).eval()
+    # built directly in the stored type: a 2B model in float32 alone takes 9 GB
+    model = Qwen2VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype or 'float32')).eval()
     pixels = {} if a['max_pixels'] is None else dict(max_pixels=int(a['max_pixels']))
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                  video_processor=Qwen2VLVideoProcessor(), tokenizer=tokenizer,
@@ -99,8 +107,9 @@ def main(argv=None) -> None:
     p.add_argument('--arch', default='tiny', choices=sorted(ARCHS))
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'])
+    p.add_argument('--depth-fraction', type=float, default=1.0)
     args = p.parse_args(argv)
-    print(build_random_qwen_vl(args.path, args.arch, args.seed, args.dtype))
+    print(build_random_qwen_vl(args.path, args.arch, args.seed, args.dtype, args.depth_fraction))
 
 
 if __name__ == '__main__':
