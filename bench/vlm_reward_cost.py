@@ -47,7 +47,7 @@ def machine(device: torch.device) -> dict:
         pass
     info = dict(cpu_model=cpu or platform.processor(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                numpy=np.__version__)
+                numpy=np.__version__, load_average_1min=os.getloadavg()[0] if hasattr(os, 'getloadavg') else None)
     if device.type == 'cuda':
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
