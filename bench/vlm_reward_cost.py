@@ -82,6 +82,25 @@ def make_model(model_path: str, frames: int, image_size: int, precision: str, de
     return VLMRewardModel(cfg, device=str(device))
 
 
+def time_clips(model, frames: int, n: int, a: argparse.Namespace, device: torch.device,
+               rng: np.random.Generator) -> dict:
+    """One row: ours and the baseline on ``n`` random clips of ``frames`` frames."""
+    clips = rng.integers(0, 256, (n, a.image_size, frames * a.image_size, 3), dtype=np.uint8)
+    inputs = model.model_inputs(clips, model.chat_prompts(None, n))
+
+    def baseline():
+        with torch.inference_mode():
+            return model.network(**inputs, logits_to_keep=1).logits
+
+    row = dict(frames=frames, batch=n, sequence_tokens=int(inputs['input_ids'].shape[1]))
+    row['baseline'] = seconds_per_call(baseline, a.seconds, a.warmup, device, a.repeats)
+    row['ours'] = seconds_per_call(lambda: model.compute_rewards(clips), a.seconds, a.warmup, device, a.repeats)
+    row['ours_s_per_image'] = row['ours']['s'] / n
+    row['baseline_s_per_image'] = row['baseline']['s'] / n
+    row['ratio'] = row['ours']['s'] / row['baseline']['s']
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model-path', default=None, help='local model folder (default: a random model, --random-arch)')
@@ -134,20 +153,7 @@ def main() -> None:
                                    parameters=sum(p.numel() for p in model.network.parameters()),
                                    dtype=str(model.dtype), precision_choice=model.precision_choice)
             for n in batches:
-                clips = rng.integers(0, 256, (n, a.image_size, frames * a.image_size, 3), dtype=np.uint8)
-                inputs = model.model_inputs(clips, model.chat_prompts(None, n))
-
-                def baseline():
-                    with torch.inference_mode():
-                        return model.network(**inputs, logits_to_keep=1).logits
-
-                row = dict(frames=frames, batch=n, sequence_tokens=int(inputs['input_ids'].shape[1]))
-                row['baseline'] = seconds_per_call(baseline, a.seconds, a.warmup, device, a.repeats)
-                row['ours'] = seconds_per_call(lambda: model.compute_rewards(clips), a.seconds, a.warmup, device,
-                                               a.repeats)
-                row['ours_s_per_image'] = row['ours']['s'] / n
-                row['baseline_s_per_image'] = row['baseline']['s'] / n
-                row['ratio'] = row['ours']['s'] / row['baseline']['s']
+                row = time_clips(model, frames, n, a, device, rng)
                 result['rows'].append(row)
                 write_json_atomic(out_path, result)
                 print(f"{frames:6d} {n:5d} {row['sequence_tokens']:6d} {row['ours_s_per_image']:10.4f} "
