@@ -104,7 +104,7 @@ def time_clips(model, frames: int, n: int, a: argparse.Namespace, device: torch.
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model-path', default=None, help='local model folder (default: a random model, --random-arch)')
-    p.add_argument('--random-arch', default='tiny', help="tiny | qwen2-vl-2b (without --model-path)")
+    p.add_argument("--random-arch", default="tiny", help="tiny | tiny-qwen2.5 | qwen2-vl-2b (without --model-path)")
     p.add_argument('--depth-fraction', type=float, default=1.0,
                    help='random models: keep this fraction of the layers (compute is linear in depth)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])

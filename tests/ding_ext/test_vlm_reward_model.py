@@ -56,7 +56,13 @@ def test_prompt_is_the_chat_template_with_one_image_per_sampled_frame(tiny_qwen_
     assert 'Move it.' in m.chat_text('Move it.')
 
 
-def test_every_sampled_frame_reaches_the_model_and_no_other(tiny_qwen_vl):
+FAMILIES = pytest.mark.parametrize('folder,model_class', [('tiny_qwen_vl', 'Qwen2VLForConditionalGeneration'),
+                                                           ('tiny_qwen25_vl', 'Qwen2_5_VLForConditionalGeneration')])
+
+
+@FAMILIES
+def test_every_sampled_frame_reaches_the_model_and_no_other(folder, model_class, request):
+    tiny_qwen_vl = request.getfixturevalue(folder)
     x = clips(1, frames=3, seed=1)
 
     def changed(frame):
@@ -65,6 +71,7 @@ def test_every_sampled_frame_reaches_the_model_and_no_other(tiny_qwen_vl):
         return y
 
     last = make_vlm(tiny_qwen_vl, clip_length=3, num_frames=2, frame_sampling='last')  # frames 1, 2
+    assert type(last.network).__name__ == model_class
     p = last.predict_proba(x)
     assert abs(float(last.predict_proba(changed(1)) - p)) > 1e-4  # an earlier sampled frame counts
     assert torch.equal(last.predict_proba(changed(0)), p)  # a frame not sampled does not
@@ -77,13 +84,17 @@ def test_every_sampled_frame_reaches_the_model_and_no_other(tiny_qwen_vl):
     assert torch.allclose(uniform.predict_proba(batch), q, atol=1e-6)
 
 
-def test_answer_tokens_are_the_tokenizers_and_decide_the_score(tiny_qwen_vl):
+@FAMILIES
+def test_answer_tokens_are_the_tokenizers_and_decide_the_score(folder, model_class, request):
+    tiny_qwen_vl = request.getfixturevalue(folder)
     m = make_vlm(tiny_qwen_vl)
+    assert type(m.network).__name__ == model_class
     tok = m.processor.tokenizer
     assert m.yes_token_ids == [tok.convert_tokens_to_ids('Yes'), tok.convert_tokens_to_ids('yes')]
     assert m.no_token_ids == [tok.convert_tokens_to_ids('No'), tok.convert_tokens_to_ids('no')]
     x = clips(4, seed=2)
     p = m.predict_proba(x)
+    assert (p - 0.5).abs().max() > 0.1  # far enough from 1/2 that 1 - p is another score
     head = m.network.lm_head.weight
     with torch.no_grad():  # swap the output rows of the two answers: P(yes) becomes P(no)
         yes, no = head[m.yes_token_ids].clone(), head[m.no_token_ids].clone()
