@@ -5,7 +5,8 @@ For every frames-per-clip x batch size it times, on random uint8 filmstrip clips
   ours       ``model.compute_rewards(clips)``: frame sampling, crop/resize, chat prompt, processor, forward, yes/no;
   baseline   ``model.network(**inputs, logits_to_keep=1)`` on the processor outputs made once before timing
              (the model's compute alone).
-ratio = ours / baseline seconds (the cost of our preparation around the model).
+ratio = ours / baseline seconds (the cost of our preparation around the model); wall-clock and CPU seconds (the
+process's own CPU time, which other jobs on a shared CPU do not inflate; run with OMP_NUM_THREADS=1 there).
 
 The model: ``--model-path DIR`` (a local Qwen2-VL / Qwen2.5-VL folder), else a random Qwen2-VL built in a temporary
 folder (``--random-arch tiny``, the default, runs anywhere in seconds; ``--random-arch qwen2-vl-2b`` has
@@ -55,7 +56,8 @@ def machine(device: torch.device) -> dict:
 
 def seconds_per_call(fn, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:
     """Median seconds per call over ``repeats`` timed runs of about seconds/repeats each (at least one call each),
-    after ``warmup`` calls."""
+    after ``warmup`` calls: wall-clock ``s``, and ``cpu_s``, the CPU time this process used per call (on a CPU shared
+    with other jobs the wall clock also counts their turns; with one thread, cpu_s does not)."""
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     for _ in range(warmup):
         fn()
@@ -64,14 +66,15 @@ def seconds_per_call(fn, seconds: float, warmup: int, device: torch.device, repe
     fn()
     sync()
     iters = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(iters):
             fn()
         sync()
         times.append((time.perf_counter() - t0) / iters)
-    return dict(s=statistics.median(times), times=times, iters=iters)
+        cpu_times.append((time.process_time() - c0) / iters)
+    return dict(s=statistics.median(times), cpu_s=statistics.median(cpu_times), times=times, iters=iters)
 
 
 def make_model(model_path: str, frames: int, image_size: int, precision: str, device: torch.device):
@@ -97,7 +100,10 @@ def time_clips(model, frames: int, n: int, a: argparse.Namespace, device: torch.
     row['ours'] = seconds_per_call(lambda: model.compute_rewards(clips), a.seconds, a.warmup, device, a.repeats)
     row['ours_s_per_image'] = row['ours']['s'] / n
     row['baseline_s_per_image'] = row['baseline']['s'] / n
+    row['ours_cpu_s_per_image'] = row['ours']['cpu_s'] / n
+    row['baseline_cpu_s_per_image'] = row['baseline']['cpu_s'] / n
     row['ratio'] = row['ours']['s'] / row['baseline']['s']
+    row['cpu_ratio'] = row['ours']['cpu_s'] / row['baseline']['cpu_s']
     return row
 
 
@@ -145,7 +151,8 @@ def main() -> None:
                               seconds=a.seconds, warmup=a.warmup, repeats=a.repeats))
     print(json.dumps(result['machine']), flush=True)
     rng = np.random.default_rng(0)
-    print(f"{'frames':>6} {'batch':>5} {'tokens':>6} {'ours s/img':>10} {'base s/img':>10} {'ratio':>6}", flush=True)
+    print(f"{'frames':>6} {'batch':>5} {'tokens':>6} {'ours s/img':>10} {'base s/img':>10} {'ratio':>6} "
+          f"{'ours cpu s':>10} {'base cpu s':>10} {'cpu ratio':>9}", flush=True)
     try:
         for frames in frames_list:
             model = make_model(model_path, frames, a.image_size, a.precision, device)
@@ -157,7 +164,8 @@ def main() -> None:
                 result['rows'].append(row)
                 write_json_atomic(out_path, result)
                 print(f"{frames:6d} {n:5d} {row['sequence_tokens']:6d} {row['ours_s_per_image']:10.4f} "
-                      f"{row['baseline_s_per_image']:10.4f} {row['ratio']:6.2f}", flush=True)
+                      f"{row['baseline_s_per_image']:10.4f} {row['ratio']:6.2f} {row['ours_cpu_s_per_image']:10.4f} "
+                      f"{row['baseline_cpu_s_per_image']:10.4f} {row['cpu_ratio']:9.2f}", flush=True)
             del model
     finally:
         if tmp is not None:

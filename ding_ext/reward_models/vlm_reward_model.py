@@ -3,8 +3,8 @@
 For each clip it builds one chat turn through the model's own chat template: the ``num_frames`` frames that
 ``sample_frames`` picks (oldest first, each cropped and resized to ``image_size``) as images, then the question
 ``format_prompt(task_description)``. The success probability is read from the logits at the first position the model
-would generate, softmax over the two answers: p = P(yes) / (P(yes) + P(no)), where an answer whose spellings are
-several tokens (``yes_tokens``, e.g. 'Yes' and 'yes') sums their probabilities. Clips are scored in batches of
+would generate, softmax over the two answers: p = P(yes) / (P(yes) + P(no)), where an answer with several
+spellings (``yes_tokens``, e.g. 'Yes' and 'yes', one token each) sums their probabilities. Clips are scored in batches of
 ``inference_batch_size`` (left padding, so the last position is every row's first answer position).
 
 Weights come from a local folder only (``model_path``: config, weights, tokenizer and processor files, e.g. from
