@@ -19,7 +19,12 @@ setup(
         "opencv-python",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"], "franka": ["franky-control"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout"],
+        "franka": ["franky-control"],
+        # the qwen_vl reward model (Qwen2-VL / Qwen2.5-VL through transformers, imported only when it is built)
+        "vlm": ["transformers>=5.0,<6"],
+    },
     entry_points={
         "console_scripts": [
             "ding-train-reward-model=ding_ext.train_reward_model:main",

@@ -25,3 +25,17 @@ def nothing_written_outside_tmp_path():
     yield
     added = sorted(set(os.listdir(root)) - before - ignore)
     assert not added, f"the test suite wrote {added} into the checkout {root}; write under tmp_path"
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_vl(tmp_path_factory):
+    """A tiny Qwen2-VL with random weights, saved as a local model folder (``ding_ext.random_qwen_vl``)."""
+    from ding_ext.random_qwen_vl import build_random_qwen_vl
+    return build_random_qwen_vl(str(tmp_path_factory.mktemp("tiny_qwen_vl")))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25_vl(tmp_path_factory):
+    """The same sizes in the Qwen2.5-VL family."""
+    from ding_ext.random_qwen_vl import build_random_qwen_vl
+    return build_random_qwen_vl(str(tmp_path_factory.mktemp("tiny_qwen25_vl")), arch='tiny-qwen2.5')

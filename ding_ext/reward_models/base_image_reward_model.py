@@ -123,6 +123,8 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         exp_name='reward_model_exp',
     )
 
+    needs_checkpoint = True  # a frozen model needs checkpoint_path (false where build_network loads the weights)
+
     def __init__(self, config: EasyDict, device: str = 'cpu', tb_logger: Optional[Any] = None) -> None:
         super().__init__()
         cfg = self.default_config()
@@ -163,7 +165,7 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
                     "(cooptrain_reward and pretrain_reward are false); train one first (python -m "
                     "ding_ext.train_reward_model) or enable cooptrain_reward/pretrain_reward"
                 )
-        elif not self.cfg.cooptrain_reward:
+        elif not self.cfg.cooptrain_reward and self.needs_checkpoint:
             raise ValueError(
                 "a frozen reward model (cooptrain_reward and pretrain_reward false) needs checkpoint_path"
             )
