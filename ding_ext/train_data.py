@@ -7,15 +7,17 @@
   whatever the process count, which is what lets 2 processes reproduce the weights of 1.
 * ``shard_positions``: the validation split dealt to the processes in equal shares (padded), for sharded evaluation.
 * ``frames_per_episode_subset``: at most N evenly spaced frames of each training episode.
+* ``build_loaders``: the training and validation ``DataLoader`` of one process (workers, pinned memory).
 * ``write_debug_images``: the images as the network sees them, for a look before training.
 """
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from .image_folder_dataset import DataError
 
@@ -124,6 +126,44 @@ def frames_per_episode_subset(indices: Sequence[int], frames: Sequence[Dict[str,
             members = [members[j] for j in np.unique(np.round(np.linspace(0, len(members) - 1, limit)).astype(int))]
         kept += members
     return sorted(kept)
+
+
+def default_num_workers(num_workers: Optional[int], cache_images: bool) -> int:
+    """DataLoader workers per training process: ``num_workers`` when given; else none for images cached in memory
+    (a worker would only copy them through shared memory: slower, see bench/reward_training.py), and min(4, cpus per
+    process) to decode PNGs (``cache_images=false``)."""
+    if num_workers is not None:
+        return int(num_workers)
+    if cache_images:
+        return 0
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    return max(1, min(4, per_process))
+
+
+@dataclass
+class Loaders:
+    sampler: MicroBatchSampler
+    train: DataLoader
+    val: Optional[DataLoader]
+    num_workers: int
+    pin_memory: bool
+
+
+def build_loaders(train_set: Any, val_set: Any, opts: Mapping[str, Any], micro_batch_size: int, rank: int,
+                  world_size: int, device_type: str) -> Loaders:
+    """This process's loaders: training micro-batches from ``MicroBatchSampler``, validation batches of
+    2 x micro_batch_size over its ``shard_positions`` (None without validation images). ``opts``: the trainer's
+    options (batch_size, balance, seed, fail_success_ratio, num_workers, cache_images, pin_memory)."""
+    workers = default_num_workers(opts['num_workers'], bool(opts['cache_images']))
+    pin = opts['pin_memory'] if opts['pin_memory'] is not None else device_type == 'cuda'
+    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    sampler = MicroBatchSampler(train_set.labels, opts['balance'], opts['seed'], int(opts['batch_size']),
+                                micro_batch_size, rank, world_size, opts['fail_success_ratio'])
+    val = None
+    if len(val_set):
+        positions, _ = shard_positions(len(val_set), rank, world_size)
+        val = DataLoader(val_set, batch_size=2 * micro_batch_size, sampler=positions, **common)
+    return Loaders(sampler, DataLoader(train_set, batch_sampler=sampler, **common), val, workers, pin)
 
 
 def write_debug_images(dataset: Any, out_dir: str, image_size: Sequence[int], crop: Optional[Sequence[float]],

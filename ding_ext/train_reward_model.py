@@ -53,7 +53,7 @@ from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by 
     binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
 )
 from .image_folder_dataset import METADATA_FILE, DataError, ImageFolderDataset, scan_image_folder, split_train_val
-from .train_data import MicroBatchSampler, frames_per_episode_subset, shard_positions, write_debug_images
+from .train_data import build_loaders, frames_per_episode_subset, write_debug_images
 from .train_options import (  # noqa: F401  (re-exported: the trainer's public option API)
     OVERRIDE_ALIASES, TRAIN_OPTIONS, OptionError, accumulation_steps, merge_env_metadata, parse_overrides,
     parse_value, resolve_options
@@ -72,17 +72,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def default_num_workers(num_workers: Optional[int], cache_images: bool) -> int:
-    """DataLoader workers per training process: ``num_workers`` when given; else none for images cached in memory
-    (a worker would only copy them through shared memory), and min(4, cpus per process) to decode PNGs."""
-    if num_workers is not None:
-        return int(num_workers)
-    if cache_images:
-        return 0
-    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
-    return max(1, min(4, per_process))
 
 
 def _fidelity_on_val(model: Any, scan: Any, val_set: ImageFolderDataset, val_idx: Sequence[int],
@@ -203,17 +192,9 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
             optimizer = type(optimizer)(model.network.parameters(), **optimizer.defaults)
 
         # -- loaders (uint8 HWC arrays; the model's preprocess_images converts them on the device)
-        workers = default_num_workers(opts['num_workers'], bool(opts['cache_images']))
-        pin = opts['pin_memory'] if opts['pin_memory'] is not None else ctx.device.type == 'cuda'
-        common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
         pos_weight = n_neg / max(n_pos, 1) if opts['balance'] == 'pos_weight' else None
-        sampler = MicroBatchSampler(train_set.labels, opts['balance'], opts['seed'], bs, micro, ctx.rank,
-                                    ctx.world_size, opts['fail_success_ratio'])
-        train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
-        val_loader = None
-        if len(val_set):
-            val_positions, _ = shard_positions(len(val_set), ctx.rank, ctx.world_size)
-            val_loader = DataLoader(val_set, batch_size=2 * micro, sampler=val_positions, **common)
+        loaders = build_loaders(train_set, val_set, opts, micro, ctx.rank, ctx.world_size, ctx.device.type)
+        sampler, train_loader, val_loader = loaders.sampler, loaders.train, loaders.val
         if opts['debug_save_dir'] and ctx.is_main:
             for name, subset in (('train', train_set), ('val', val_set)):
                 counts = write_debug_images(subset, os.path.join(opts['debug_save_dir'], name), model.cfg.image_size,
@@ -348,7 +329,8 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
         strategy=strategy if ctx.distributed else None,
         micro_batch_size=micro,
         accumulation_steps=accumulation,
-        num_workers=workers,
+        num_workers=loaders.num_workers,
+        pin_memory=loaders.pin_memory,
         images_per_s=step * bs / max(train_time, 1e-9),
         options=dict(opts),
         model_config=model_overrides,

@@ -41,10 +41,12 @@ class BatchNormMerge:
                                  "statistics cannot be merged over processes")
         self.K = int(micro_batches_per_step)
         self.start: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.start_count: List[torch.Tensor] = []
         self.sums: List[Tuple[torch.Tensor, torch.Tensor]] = []
 
     def begin_step(self) -> None:
         self.start = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in self.layers]
+        self.start_count = [bn.num_batches_tracked.clone() for bn in self.layers]
         self.sums = [(torch.zeros_like(mean), torch.zeros_like(var)) for mean, var in self.start]
 
     def before_micro_batch(self) -> None:
@@ -71,7 +73,8 @@ class BatchNormMerge:
                     n = buf.numel()
                     buf.copy_(start * decay + flat[offset:offset + n].view_as(buf))
                     offset += n
-                bn.num_batches_tracked.add_(self.K)
+            for bn, count in zip(self.layers, self.start_count):
+                bn.num_batches_tracked.copy_(count + self.K)
 
 
 class GlobalBatchStep:
