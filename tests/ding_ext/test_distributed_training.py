@@ -44,31 +44,42 @@ def weight_differences(path_a, path_b):
     return params, stats, counts_equal
 
 
-def torchrun(data, save_dir, *extra):
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           '-m', 'ding_ext.train_reward_model', '--data', data, *COMMON, f'save_dir={save_dir}', *extra]
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+STRATEGIES = ('ddp', 'fsdp')
+
+
+def train_with_each_strategy(data, out):
+    """Run by torchrun in each of its processes (see the end of this file): join the process group from torchrun's
+    environment, then train with DDP and with FSDP through the CLI (one group for both: a process cannot reliably
+    join a second group on the same rendezvous store)."""
+    from ding_ext.distributed import init_distributed, shutdown
+    ctx = init_distributed('cpu')
+    assert ctx.world_size == 2 and ctx.owns_group
+    for strategy in STRATEGIES:
+        assert main(['--data', data, *COMMON, f'save_dir={out}/{strategy}', f'strategy={strategy}']) == 0
+    shutdown(ctx)
 
 
 def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
     data = write_dataset(tmp_path / 'data', 24, 24, seed=1)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           '-m', 'tests.ding_ext.test_distributed_training', data, str(tmp_path)]
+    torchrun = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     options = parse_overrides(COMMON)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same float summation order
-    try:
+    try:  # the one-process runs, while torchrun's processes start
         one = train_reward_model(data, save_dir=str(tmp_path / 'one'), **options)
         other = train_reward_model(data, save_dir=str(tmp_path / 'other'), **dict(options, micro_batch_size=16))
     finally:
         torch.set_num_threads(threads)
+        stdout, stderr = torchrun.communicate(timeout=600)
+    assert torchrun.returncode == 0, f"torchrun failed ({torchrun.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
     assert one['world_size'] == 1 and one['accumulation_steps'] == 4 and one['steps_run'] == 6
 
-    for strategy in ('ddp', 'fsdp'):
+    assert stdout.count('reward model: best epoch') == len(STRATEGIES)  # rank 0 alone prints the summary line
+    for strategy in STRATEGIES:
         out = tmp_path / strategy
-        proc = torchrun(data, out, f'strategy={strategy}')
-        assert proc.stdout.count('reward model: best epoch') == 1  # rank 0 alone prints the summary line
         summary = json.loads((out / 'train_summary.json').read_text())
         assert summary['world_size'] == 2 and summary['strategy'] == strategy
         assert summary['accumulation_steps'] == 2 and summary['micro_batch_size'] == 8 and summary['steps_run'] == 6
@@ -235,3 +246,7 @@ def test_batchnorm_merge_matches_sequential_updates():
     merged = model.network.state_dict()
     for key, value in sequential.items():
         assert torch.allclose(merged[key].double(), value.double(), rtol=1e-5, atol=1e-6), key
+
+
+if __name__ == '__main__':  # python -m torch.distributed.run ... -m tests.ding_ext.test_distributed_training DATA OUT
+    train_with_each_strategy(*sys.argv[1:3])
