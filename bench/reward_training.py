@@ -1,6 +1,8 @@
 """Training throughput (images/s) of our reward-model trainer against a plain PyTorch loop, in the same process.
 
 Same model (torchvision resnet18 + ResNetClassifier's head, hidden_dim 256), same batch, same random uint8 NHWC images.
+Ratios are against the first row of each group (the baseline; for the loader rows cached_w0), all functions timed in
+turns. ``--device cuda`` also sets pin_memory in both loaders (the trainer's default on CUDA).
   step rows   one optimiser step on a batch already in memory:
     baseline        plain loop: uint8 -> float /255, NHWC -> NCHW, ImageNet mean/std on the device, forward (bf16
                     autocast where asked), BCE, backward, Adam step;
@@ -24,8 +26,10 @@ measured anyway.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
+import time
 import traceback
 
 import numpy as np
@@ -38,7 +42,7 @@ for path in (ROOT, BENCH):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from reward_inference import IMPORT_ERROR, MEAN, STD, machine, plain_model, throughput, write_json_atomic  # noqa: E402
+from reward_inference import IMPORT_ERROR, MEAN, STD, machine, plain_model, write_json_atomic  # noqa: E402
 
 if IMPORT_ERROR is None:
     from ding_ext.distributed import DistContext
@@ -50,6 +54,30 @@ if IMPORT_ERROR is None:
     from ding_ext.train_step import GlobalBatchStep
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+
+
+def interleaved(fns: dict, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 5) -> dict:
+    """images/s of each function, timed in turns (baseline, ours, ... then again) so that a change of machine load
+    hits all of them alike: ``repeats`` rounds of about seconds/repeats per function; the median round counts."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    iters = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        iters[name] = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
+    rates = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(iters[name]):
+                fn()
+            sync()
+            rates[name].append(n_images * iters[name] / (time.perf_counter() - t0))
+    return {name: dict(img_s=statistics.median(r), rates=r, iters=iters[name]) for name, r in rates.items()}
 
 
 def baseline_step(net, optimizer, device, dtype):
@@ -150,51 +178,51 @@ def main() -> None:
     one_x, one_y = torch.from_numpy(images[:batch]), torch.from_numpy(labels[:batch])
     n_epoch = len(images)
 
-    def record(kind: str, name: str, precision: str, fn, n: int, baseline_key=None) -> None:
-        row = dict(kind=kind, name=name, precision=precision, batch=batch, size=size, **throughput(
-            fn, n, seconds, warmup, device))
-        base = next((r for r in result['rows'] if (r['kind'], r['name'], r['precision']) == baseline_key), None)
-        row['ratio'] = row['img_s'] / base['img_s'] if base else None
-        result['rows'].append(row)
+    def record(kind: str, precision: str, fns: dict, n: int) -> None:
+        timed = interleaved(fns, n, seconds, warmup, device)
+        base = next(iter(timed.values()))['img_s']
+        for name, t in timed.items():
+            row = dict(kind=kind, name=name, precision=precision, batch=batch, size=size, ratio=t['img_s'] / base, **t)
+            result['rows'].append(row)
+            print(f"{kind:>6} {name:>14} {precision:>4} {row['img_s']:10.1f} {row['ratio']:7.2f}", flush=True)
         write_json_atomic(out_path, result)
-        ratio = f"{row['ratio']:.2f}" if row['ratio'] is not None else '-'
-        print(f"{kind:>6} {name:>14} {precision:>4} {row['img_s']:10.1f} {ratio:>7}", flush=True)
 
-    print(f"{'rows':>6} {'name':>14} {'prec':>4} {'img/s':>10} {'/base':>7}  (batch {batch}, {size} px, {device})",
+    print(f"{'rows':>6} {'name':>14} {'prec':>4} {'img/s':>10} {'/first':>7}  (batch {batch}, {size} px, {device})",
           flush=True)
+    from torch.utils.data import DataLoader, TensorDataset
     for precision in precisions:
         dtype = DTYPES[precision]
         net = plain_model(device)
         base = baseline_step(net, torch.optim.Adam(net.parameters(), lr=1e-4), device, dtype)
-        key = ('step', 'baseline', precision)
-        record('step', 'baseline', precision, lambda: base(one_x, one_y), batch)
-        from torch.utils.data import DataLoader, TensorDataset
+        steps = {'baseline': lambda: base(one_x, one_y)}
         plain_loader = DataLoader(TensorDataset(torch.from_numpy(images), torch.from_numpy(labels)), batch_size=batch,
                                   shuffle=True, pin_memory=device.type == 'cuda')
-        record('epoch', 'baseline', precision, epoch_fn(plain_loader, base), n_epoch)
-        if IMPORT_ERROR is not None:
-            continue
-        for name, shift, micro in (('ours', 4, batch), ('ours_no_shift', 0, batch), ('ours_accum2', 4, batch // 2)):
-            step = ours_step(ours_model(size, precision, device, shift), device, batch, micro)
-            record('step', name, precision, lambda: step(one_x, one_y), batch, key)
-        step = ours_step(ours_model(size, precision, device), device, batch, batch)
-        loaders = build_loaders(in_memory_dataset(images, labels), [], loader_options(batch, None), batch, 0, 1,
-                                device.type)
-        record('epoch', 'ours', precision, epoch_fn(loaders.train, step, loaders.sampler), n_epoch,
-               ('epoch', 'baseline', precision))
+        epochs = {'baseline': epoch_fn(plain_loader, base)}
+        if IMPORT_ERROR is None:
+            for name, shift, micro in (('ours', 4, batch), ('ours_no_shift', 0, batch),
+                                       ('ours_accum2', 4, batch // 2)):
+                step = ours_step(ours_model(size, precision, device, shift), device, batch, micro)
+                steps[name] = (lambda s: lambda: s(one_x, one_y))(step)
+            loaders = build_loaders(in_memory_dataset(images, labels), [], loader_options(batch, None), batch, 0, 1,
+                                    device.type)
+            epochs['ours'] = epoch_fn(loaders.train, ours_step(ours_model(size, precision, device), device, batch,
+                                                               batch), loaders.sampler)
+        record('step', precision, steps, batch)
+        record('epoch', precision, epochs, n_epoch)
 
     if IMPORT_ERROR is None:  # the data loading defaults: workers and the PNG decode path, without training
         with tempfile.TemporaryDirectory() as tmp:
             files = [os.path.join(tmp, f'{i}.png') for i in range(len(images))]
             for f, im in zip(files, images):
                 write_png(f, im)
+            fns = {}
             for source, dataset in (('cached', in_memory_dataset(images, labels)),
                                     ('png', in_memory_dataset(images, labels, files))):
                 for workers in (0, 2):
                     loaders = build_loaders(dataset, [], loader_options(batch, workers, source == 'cached'), batch, 0,
                                             1, device.type)
-                    record('loader', f'{source}_w{workers}', '-', loader_fn(loaders.train, device), n_epoch,
-                           ('loader', 'cached_w0', '-'))
+                    fns[f'{source}_w{workers}'] = loader_fn(loaders.train, device)
+            record('loader', '-', fns, n_epoch)
     print(f"wrote {out_path}")
 
 

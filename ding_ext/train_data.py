@@ -129,15 +129,16 @@ def frames_per_episode_subset(indices: Sequence[int], frames: Sequence[Dict[str,
 
 
 def default_num_workers(num_workers: Optional[int], cache_images: bool) -> int:
-    """DataLoader workers per training process: ``num_workers`` when given; else none for images cached in memory
-    (a worker would only copy them through shared memory: slower, see bench/reward_training.py), and min(4, cpus per
-    process) to decode PNGs (``cache_images=false``)."""
+    """DataLoader workers per training process: ``num_workers`` when given; else none for images cached in memory (a
+    worker only copies them through shared memory: 8x fewer images/s than the main process in
+    bench/reward_training.py), and to decode PNGs (``cache_images=false``) up to 4, leaving one core per process to
+    the training itself (none on a machine with one core per process)."""
     if num_workers is not None:
         return int(num_workers)
     if cache_images:
         return 0
     per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
-    return max(1, min(4, per_process))
+    return max(0, min(4, per_process - 1))
 
 
 @dataclass

@@ -35,7 +35,7 @@ TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'save_dir': (None, "output folder; default <data>/../reward_model_ckpt"),
     'seed': (0, "seed of the split, the sampler, the augmentation and the weight initialisation"),
     'num_workers': (None, "DataLoader worker processes per training process; default 0 when the images are cached "
-                          "in memory (workers only copy them), else min(4, cpus per process) to decode PNGs"),
+                          "in memory (workers only copy them), else min(4, cpus per process - 1) to decode PNGs"),
     'pin_memory': (None, "page-locked batches for faster host-to-GPU copies; default true on CUDA"),
     'device': ('cpu', "cpu | cuda | cuda:N (under torchrun, cuda gives each process cuda:LOCAL_RANK)"),
     'balance': ('sampler', "class imbalance: sampler (class-balanced sampling) | pos_weight (BCE) | none"),
