@@ -168,18 +168,21 @@ def build_loaders(train_set: Any, val_set: Any, opts: Mapping[str, Any], micro_b
 
 
 def write_debug_images(dataset: Any, out_dir: str, image_size: Sequence[int], crop: Optional[Sequence[float]],
-                       batch_size: int = 256) -> Dict[str, int]:
-    """Write every image of ``dataset`` as the network sees it (``image_crop`` and the resize to ``image_size``; no
-    normalisation, no augmentation) to ``<out_dir>/{success,failure}/<position>.png``; returns the counts per class."""
+                       positions: Optional[Sequence[int]] = None, batch_size: int = 256) -> Dict[str, int]:
+    """Write images of ``dataset`` (those at ``positions``; default all) as the network sees them (``image_crop`` and
+    the resize to ``image_size``; no normalisation, no augmentation) to ``<out_dir>/{success,failure}/<position>.png``;
+    returns the counts per class. Processes can write disjoint ``positions`` of one dataset side by side."""
     from .image_utils import preprocess_images
     from .png_writer import write_png
+    positions = list(range(len(dataset)) if positions is None else positions)
     counts = {'success': 0, 'failure': 0}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+    for start in range(0, len(positions), batch_size):
+        chunk = positions[start:start + batch_size]
+        items = [dataset[i] for i in chunk]
         x = preprocess_images(np.stack([im for im, _ in items]), image_size, normalize=False, crop=crop)
         pixels = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        for j, (_, label) in enumerate(items):
+        for j, (position, (_, label)) in enumerate(zip(chunk, items)):
             cls = 'success' if label > 0.5 else 'failure'
-            write_png(os.path.join(out_dir, cls, f'{start + j:06d}.png'), pixels[j])
+            write_png(os.path.join(out_dir, cls, f'{position:06d}.png'), pixels[j])
             counts[cls] += 1
     return counts

@@ -8,13 +8,14 @@ Values are parsed with ``ast.literal_eval`` (``true``/``false``/``none`` are und
 fall back to plain strings. Trainer keys are listed in ``TRAIN_OPTIONS``; every reward-model config
 key (see ``ResNetRewardModel.default_config()``) is given as ``model.<key>=value``.
 
-Writes into ``save_dir`` (default ``<data>/../reward_model_ckpt``):
+Writes into ``save_dir`` (default ``<data>/../reward_model_ckpt``), from rank 0 only under torchrun:
 
-* ``best_model.safetensors``: the epoch with the lowest class-balanced validation loss (or the last epoch with
-  ``model_selection=last``);
-* ``last_model.safetensors``: rewritten after every epoch (both atomically, with metadata);
-* ``tb/``: tensorboard scalars ``train/*`` and ``val/*`` per epoch (and ``reward_model/*`` per step);
-* ``train_summary.json``: options, class counts, skipped files, validation files, per-epoch history;
+* ``best_model.safetensors``: the validation with the lowest class-balanced loss (or the last one with
+  ``model_selection=last``); ``last_model.safetensors``: rewritten at every validation (after every epoch, or every
+  ``val_check_interval`` optimiser steps); ``step_<k>_model.safetensors`` every ``save_interval`` steps (all
+  atomically, with metadata);
+* ``tb/``: tensorboard scalars ``train/*`` and ``val/*`` per validation (and ``reward_model/*`` per step);
+* ``train_summary.json``: options, class counts, skipped files, validation files, the history of validations;
 * ``fidelity_val/``: the fidelity report of the best model on the validation split (PR curve, the
   lowest threshold reaching ``target_precision``, confusion matrix, histogram, worst errors, report.json;
   see ``ding_ext.evaluation``); ``store_threshold=true`` stores that threshold in the best checkpoint.
@@ -25,11 +26,9 @@ all (``balance=none``).
 
 Each optimiser step trains on a global batch of ``batch_size`` images, cut into micro-batches of
 ``micro_batch_size``. Under torchrun every process trains on its share of the micro-batches (DDP, or FSDP2 with
-``strategy=fsdp``) and accumulates gradients over ``batch_size / (micro_batch_size x processes)`` of them; rank 0
-alone logs, writes the checkpoints, the summary and the fidelity report, and all ranks share the early-stopping
-decision. The sampling order depends on the seed and the epoch only, so N processes reach the weights one process
-reaches with the same ``batch_size`` (``ding_ext.train_step``). Validation runs after every epoch, or every
-``val_check_interval`` optimiser steps.
+``strategy=fsdp``), accumulating gradients over ``batch_size / (micro_batch_size x processes)`` of them; all ranks
+share the early-stopping decision. The sampling order depends on the seed and the epoch only, so N processes reach
+the weights one process reaches with the same batch sizes (``ding_ext.train_step``).
 """
 import argparse
 import copy
@@ -43,11 +42,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from easydict import EasyDict
-from torch.utils.data import DataLoader
 
 from .checkpoint_io import save_checkpoint, write_json_atomic
 from .distributed import (
-    DistContext, barrier, broadcast_from_main, full_state_dict, init_distributed, is_sharded, shutdown, wrap_for_training
+    DistContext, barrier, broadcast_from_main, full_state_dict, init_distributed, is_sharded, shutdown,
+    wrap_for_training
 )
 from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by older code)
     binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
@@ -195,10 +194,10 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
         pos_weight = n_neg / max(n_pos, 1) if opts['balance'] == 'pos_weight' else None
         loaders = build_loaders(train_set, val_set, opts, micro, ctx.rank, ctx.world_size, ctx.device.type)
         sampler, train_loader, val_loader = loaders.sampler, loaders.train, loaders.val
-        if opts['debug_save_dir'] and ctx.is_main:
+        if opts['debug_save_dir']:  # each process writes its share
             for name, subset in (('train', train_set), ('val', val_set)):
                 counts = write_debug_images(subset, os.path.join(opts['debug_save_dir'], name), model.cfg.image_size,
-                                            model.cfg.image_crop)
+                                            model.cfg.image_crop, range(ctx.rank, len(subset), ctx.world_size))
                 logger.info("debug_save_dir: %s images %s in %s", name, counts, opts['debug_save_dir'])
         train_step = GlobalBatchStep(model, train_net, optimizer, ctx, strategy, bs, micro, pos_weight, opts['seed'],
                                      writer)
@@ -344,8 +343,9 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
         val_txt = (f"val loss {best_val['loss']:.4f}, acc {best_val['accuracy']:.3f}, precision "
                    f"{best_val['precision']:.3f}, recall {best_val['recall']:.3f}, F1 {best_val['f1']:.3f}"
                    if best_val else f"train loss {best['score']:.4f} (no validation set)")
-        line = (f"reward model: best epoch {best['epoch']}/{epochs_run}{' (early stop)' if result['stopped_early'] else ''}"
-                f": {val_txt}; {scan.num_images['success']} success / {scan.num_images['failure']} failure images, "
+        stopped = ' (early stop)' if result['stopped_early'] else ''
+        line = (f"reward model: best epoch {best['epoch']}/{epochs_run}{stopped}: {val_txt}; "
+                f"{scan.num_images['success']} success / {scan.num_images['failure']} failure images, "
                 f"{len(scan.skipped_files)} skipped; best -> {best_path}")
         print(line, flush=True)  # always: ``progress`` only controls the tqdm bar
     barrier(ctx)  # the other ranks leave once rank 0 has written everything

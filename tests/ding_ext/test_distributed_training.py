@@ -13,7 +13,7 @@ import torch
 from ding_ext.checkpoint_io import load_checkpoint
 from ding_ext.distributed import DistContext
 from ding_ext.train_data import (
-    MicroBatchSampler, epoch_order, frames_per_episode_subset, shard_positions, write_debug_images
+    MicroBatchSampler, default_num_workers, epoch_order, frames_per_episode_subset, shard_positions, write_debug_images
 )
 from ding_ext.train_options import OptionError, accumulation_steps, resolve_options
 from ding_ext.train_reward_model import main, parse_overrides, train_reward_model
@@ -101,10 +101,11 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
     assert params > 50 * WEIGHT_ATOL, params
 
 
-def test_micro_batches_do_not_depend_on_the_process_count():
+@pytest.mark.parametrize('balance', ['sampler', 'pos_weight', 'none'])
+def test_micro_batches_do_not_depend_on_the_process_count(balance):
     labels = np.array([1] * 7 + [0] * 30)
-    single = MicroBatchSampler(labels, 'sampler', 3, batch_size=16, micro_batch_size=4)
-    shards = [MicroBatchSampler(labels, 'sampler', 3, 16, 4, rank=r, world_size=2) for r in range(2)]
+    single = MicroBatchSampler(labels, balance, 3, batch_size=16, micro_batch_size=4)
+    shards = [MicroBatchSampler(labels, balance, 3, 16, 4, rank=r, world_size=2) for r in range(2)]
     assert single.accumulation == 4 and shards[0].accumulation == 2 and len(single) == 3 * 4 and len(shards[0]) == 6
     for epoch in (1, 2):
         for s in [single] + shards:
@@ -120,6 +121,9 @@ def test_micro_batches_do_not_depend_on_the_process_count():
     single.set_epoch(2)
     assert list(single) != first  # each epoch has its own order
 
+
+def test_epoch_order_draws_the_class_ratio_or_shuffles_every_image():
+    labels = np.array([1] * 7 + [0] * 30)
     order = epoch_order(labels, 'sampler', 0, 1, batch_size=64, fail_success_ratio=3.0)
     assert len(order) == 64 and 0.15 < labels[epoch_order(labels, 'sampler', 0, 1, 4000, 3.0)].mean() < 0.35
     shuffled = epoch_order(labels, 'none', 0, 1, batch_size=16)  # a permutation, wrapped to 3 full batches
@@ -134,6 +138,12 @@ def test_validation_shards_cover_the_split_once():
     interleaved = np.stack([np.array(p) for p, _ in parts], axis=1).reshape(-1)
     valid = np.stack([v for _, v in parts], axis=1).reshape(-1)
     assert interleaved[valid].tolist() == list(range(n)) and valid.sum() == n and not valid[n:].any()
+
+
+def test_loader_workers_only_where_they_decode():
+    assert default_num_workers(None, cache_images=True) == 0  # cached images: workers would only copy them
+    assert default_num_workers(3, cache_images=True) == 3
+    assert default_num_workers(None, cache_images=False) == max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def test_accumulation_arithmetic_names_the_numbers():
@@ -201,7 +211,8 @@ def test_step_based_validation_checkpoints_episode_subsampling_and_debug_images(
     assert out['steps_run'] == 9 and [h['step'] for h in out['history']] == [2, 4, 6, 8, 9]  # and the final weights
     assert sorted(f for f in os.listdir(tmp_path / 'ckpt') if f.startswith('step_')) == \
         ['step_3_model.safetensors', 'step_6_model.safetensors', 'step_9_model.safetensors']
-    counts = {split: sum(len(os.listdir(debug / split / c)) for c in ('success', 'failure')) for split in ('train', 'val')}
+    counts = {split: sum(len(os.listdir(debug / split / c)) for c in ('success', 'failure'))
+              for split in ('train', 'val')}
     assert counts == {'train': out['num_train'], 'val': out['num_val']}
     from ding_ext.png_writer import read_png
     assert read_png(str(debug / 'train' / 'success' / sorted(os.listdir(debug / 'train' / 'success'))[0])).shape == \
