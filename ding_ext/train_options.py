@@ -2,42 +2,81 @@
 
 Values are parsed with ``ast.literal_eval`` (``true``/``false``/``none`` are understood too) and fall
 back to plain strings. Trainer keys are listed in ``TRAIN_OPTIONS``; every reward-model config key is
-given as ``model.<key>=value``.
+given as ``model.<key>=value``. The dotted names of ``OVERRIDE_ALIASES`` (``actor.global_batch_size``,
+``runner.max_epochs`` ...: the overrides of hydra-style reward-model trainers) are accepted as aliases of
+our keys, and ``actor.model.<key>`` as ``model.<key>``.
 """
 import ast
 import json
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .image_folder_dataset import METADATA_FILE, DataError
 
 # key: (default, help)
 TRAIN_OPTIONS: Dict[str, Tuple[Any, str]] = {
     'epochs': (100, "maximum number of epochs"),
-    'batch_size': (64, "mini-batch size (>= 2)"),
+    'batch_size': (64, "global batch: images per optimiser step over all processes (>= 2)"),
+    'micro_batch_size': (None, "images per forward/backward pass in each process; batch_size must be a multiple of "
+                               "micro_batch_size x processes, and the gradient is accumulated over batch_size / "
+                               "(micro_batch_size x processes) passes; none: batch_size / processes"),
+    'strategy': ('ddp', "data parallelism under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard: "
+                        "parameters, gradients and optimiser state sharded over the processes)"),
     'lr': (1e-4, "Adam learning rate (sets model.learning_rate)"),
-    'lr_schedule': ('constant', "constant | cosine (per batch, from lr down to 0 at the last epoch)"),
-    'model_selection': ('best_val_loss', "best_val_loss (the epoch with the lowest class-balanced validation loss) | "
-                                         "last (the final epoch; natural with lr_schedule=cosine)"),
+    'lr_schedule': ('constant', "constant | cosine (per optimiser step, from lr down to 0 at the last epoch)"),
+    'model_selection': ('best_val_loss', "best_val_loss (the validation with the lowest class-balanced loss) | "
+                                         "last (the final weights; natural with lr_schedule=cosine)"),
     'val_split': (0.1, "fraction of each class held out for validation, in [0, 1)"),
     'fail_success_ratio': (None, "at most this many failure images per success image in the training split "
                                  "(a seeded subsample; validation keeps all); none: all"),
-    'early_stopping_patience': (15, "stop after this many epochs without a better model; 0 disables"),
+    'val_check_interval': (None, "validate every this many optimiser steps (and after the last); none: after every "
+                                 "epoch"),
+    'save_interval': (None, "also write step_<k>_model.safetensors every this many optimiser steps; none: only the "
+                            "best and last models"),
+    'early_stopping_patience': (15, "stop after this many validations without a better model; 0 disables"),
     'min_delta': (0.0, "a new best model must lower the monitored loss by more than this"),
     'save_dir': (None, "output folder; default <data>/../reward_model_ckpt"),
-    'seed': (0, "seed of the split, the sampler and the weight initialisation"),
-    'num_workers': (None, "DataLoader worker processes; default min(2, cpu count)"),
-    'device': ('cpu', "cpu | cuda | cuda:N"),
+    'seed': (0, "seed of the split, the sampler, the augmentation and the weight initialisation"),
+    'num_workers': (None, "DataLoader worker processes per training process; default 0 when the images are cached "
+                          "in memory (workers only copy them), else min(4, cpus per process - 1) to decode PNGs"),
+    'pin_memory': (None, "page-locked batches for faster host-to-GPU copies; default true on CUDA"),
+    'device': ('cpu', "cpu | cuda | cuda:N (under torchrun, cuda gives each process cuda:LOCAL_RANK)"),
     'balance': ('sampler', "class imbalance: sampler (class-balanced sampling) | pos_weight (BCE) | none"),
+    'sampler_fail_ratio': (1.0, "balance=sampler: failure draws per success draw (1.0: half the batch each)"),
+    'frames_per_episode': (None, "train on at most this many frames of each training episode, evenly spaced by step "
+                                 "(first and last kept; needs episode ids in frames.jsonl); none: all frames"),
     'cache_images': (True, "keep the decoded images in memory (false: decode again in the workers)"),
+    'debug_save_dir': (None, "write the train and validation images as the network sees them (crop and resize, "
+                             "no augmentation) to <dir>/{train,val}/{success,failure}/ before training"),
     'progress': (True, "show a tqdm progress bar (the summary line is always printed)"),
     'target_precision': (0.95, "fidelity report: pick the lowest threshold with this validation precision"),
     'precision_confidence': (None, "with it (e.g. 0.95) the precision's Wilson lower bound at this confidence must reach "
                                    "target_precision (robust on small validation splits); none: the point estimate"),
     'store_threshold': (False, "store that threshold in best_model's metadata (for reward_threshold='auto')"),
 }
+# the overrides users of hydra-style reward-model trainers pass, as aliases of our keys
+OVERRIDE_ALIASES: Dict[str, str] = {
+    'global_batch_size': 'batch_size',
+    'actor.global_batch_size': 'batch_size',
+    'actor.micro_batch_size': 'micro_batch_size',
+    'actor.seed': 'seed',
+    'actor.optim.lr': 'lr',
+    'runner.max_epochs': 'epochs',
+    'runner.val_check_interval': 'val_check_interval',
+    'runner.save_interval': 'save_interval',
+    'runner.early_stop.patience': 'early_stopping_patience',
+    'runner.early_stop.min_delta': 'min_delta',
+    'runner.logger.log_path': 'save_dir',
+    'data.num_samples_per_episode': 'frames_per_episode',
+    'data.fail_success_ratio': 'fail_success_ratio',
+    'data.debug_save_dir': 'debug_save_dir',
+    'data.val_split': 'val_split',
+    'data.num_workers': 'num_workers',
+}
+MODEL_PREFIXES = ('model.', 'actor.model.')
 BALANCE_MODES = ('sampler', 'pos_weight', 'none')
 LR_SCHEDULES = ('constant', 'cosine')
 MODEL_SELECTIONS = ('best_val_loss', 'last')
+STRATEGIES = ('ddp', 'fsdp')
 
 
 class OptionError(ValueError):
@@ -82,23 +121,30 @@ def model_config_keys(model_type: str = 'resnet') -> List[str]:
 def resolve_options(options: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Split ``options`` into (trainer options with defaults, model config overrides); validate keys.
 
-    Model keys come as ``model.<key>`` entries or as a ``model`` dict.
+    Model keys come as ``model.<key>`` (or ``actor.model.<key>``) entries or as a ``model`` dict; the names of
+    ``OVERRIDE_ALIASES`` stand for our keys. A key given twice (under two names) is an error.
     """
     train: Dict[str, Any] = {}
+    given_as: Dict[str, str] = {}
     model: Dict[str, Any] = {}
     for key, value in options.items():
+        prefix = next((p for p in MODEL_PREFIXES if key.startswith(p)), None)
         if key == 'model':
             if not isinstance(value, Mapping):
                 raise OptionError(f"model must be a dict of reward-model config keys, got {value!r}")
             model.update(value)
-        elif key.startswith('model.'):
-            model[key[len('model.'):]] = value
-        elif key in TRAIN_OPTIONS:
-            train[key] = value
+        elif prefix is not None:
+            model[key[len(prefix):]] = value
+        elif key in TRAIN_OPTIONS or key in OVERRIDE_ALIASES:
+            name = OVERRIDE_ALIASES.get(key, key)
+            if name in train:
+                raise OptionError(f"{given_as[name]}={train[name]!r} and {key}={value!r} both set {name}; give one")
+            train[name], given_as[name] = value, key
         else:
             raise OptionError(
-                f"unknown option {key!r}; valid options: {', '.join(sorted(TRAIN_OPTIONS))}, "
-                "and model.<key> for any reward-model config key"
+                f"unknown option {key!r}; valid options: {', '.join(sorted(TRAIN_OPTIONS))}; dotted override names: "
+                f"{', '.join(f'{k} ({v})' for k, v in OVERRIDE_ALIASES.items())}; and model.<key> (or "
+                "actor.model.<key>) for any reward-model config key"
             )
     valid_model = model_config_keys(model.get('type', 'resnet'))
     for key in model:
@@ -115,14 +161,57 @@ def resolve_options(options: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[st
     return train, model
 
 
+def accumulation_steps(batch_size: int, micro_batch_size: Optional[int], world_size: int) -> Tuple[int, int]:
+    """``(micro_batch_size, gradient accumulation steps)`` for a global ``batch_size`` over ``world_size``
+    processes: accumulation = batch_size / (micro_batch_size x world_size); an error naming the numbers when
+    that is not a whole number."""
+    if micro_batch_size is None:
+        if batch_size % world_size or batch_size // world_size < 2:
+            raise OptionError(
+                f"batch_size={batch_size} cannot be split over {world_size} processes into micro-batches of >= 2 "
+                f"images; give a batch_size that is a multiple of {world_size} and >= {2 * world_size}, or set "
+                "micro_batch_size"
+            )
+        return batch_size // world_size, 1
+    per_step = micro_batch_size * world_size
+    if batch_size % per_step:
+        raise OptionError(
+            f"batch_size={batch_size} is not a multiple of micro_batch_size={micro_batch_size} x {world_size} "
+            f"process(es) = {per_step}: the gradient accumulation steps batch_size / (micro_batch_size x processes) "
+            f"= {batch_size / per_step:g} must be a whole number"
+        )
+    return micro_batch_size, batch_size // per_step
+
+
 def _check_train_options(o: Dict[str, Any]) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise OptionError(msg)
 
+    def int_or_none(key: str, low: int) -> None:
+        v = o[key]
+        need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low),
+             f"{key} must be none or an int >= {low}, got {v!r}")
+
+    if o['balance'] is None:  # `balance=none` on the command line parses to None
+        o['balance'] = 'none'
     need(isinstance(o['epochs'], int) and o['epochs'] >= 1, f"epochs must be an int >= 1, got {o['epochs']!r}")
     need(isinstance(o['batch_size'], int) and o['batch_size'] >= 2,
          f"batch_size must be an int >= 2, got {o['batch_size']!r}")
+    int_or_none('micro_batch_size', 2)  # BatchNorm needs two images per pass
+    int_or_none('val_check_interval', 1)
+    int_or_none('save_interval', 1)
+    int_or_none('frames_per_episode', 1)
+    need(o['strategy'] in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {o['strategy']!r}")
+    need(isinstance(o['sampler_fail_ratio'], (int, float)) and not isinstance(o['sampler_fail_ratio'], bool)
+         and o['sampler_fail_ratio'] > 0, f"sampler_fail_ratio must be a number > 0, got {o['sampler_fail_ratio']!r}")
+    need(o['sampler_fail_ratio'] == 1.0 or o['balance'] == 'sampler',
+         f"sampler_fail_ratio={o['sampler_fail_ratio']!r} sets the draws of balance=sampler, but balance="
+         f"{o['balance']!r}")
+    need(o['pin_memory'] is None or isinstance(o['pin_memory'], bool),
+         f"pin_memory must be none, true or false, got {o['pin_memory']!r}")
+    need(o['debug_save_dir'] is None or isinstance(o['debug_save_dir'], str),
+         f"debug_save_dir must be none or a folder path, got {o['debug_save_dir']!r}")
     need(isinstance(o['lr'], (int, float)) and o['lr'] >= 0, f"lr must be a number >= 0, got {o['lr']!r}")
     need(isinstance(o['val_split'], (int, float)) and 0 <= o['val_split'] < 1,
          f"val_split must lie in [0, 1), got {o['val_split']!r}")
@@ -139,8 +228,6 @@ def _check_train_options(o: Dict[str, Any]) -> None:
     need(o['model_selection'] in MODEL_SELECTIONS,
          f"model_selection must be one of {MODEL_SELECTIONS}, got {o['model_selection']!r}")
     need(o['lr_schedule'] in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {o['lr_schedule']!r}")
-    if o['balance'] is None:  # `balance=none` on the command line parses to None
-        o['balance'] = 'none'
     need(o['balance'] in BALANCE_MODES, f"balance must be one of {BALANCE_MODES}, got {o['balance']!r}")
     need(isinstance(o['device'], str), f"device must be a string such as 'cpu' or 'cuda', got {o['device']!r}")
     need(isinstance(o['target_precision'], (int, float)) and 0 < o['target_precision'] <= 1,

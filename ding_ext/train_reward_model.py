@@ -2,24 +2,33 @@
 
     python -m ding_ext.train_reward_model --data DIR [key=value ...]
     ding-train-reward-model --data DIR epochs=50 lr=3e-4 model.arch=resnet34 model.image_size=[3,64,64]
+    torchrun --nproc_per_node 4 -m ding_ext.train_reward_model --data DIR device=cuda batch_size=256 micro_batch_size=32
 
 Values are parsed with ``ast.literal_eval`` (``true``/``false``/``none`` are understood too) and
 fall back to plain strings. Trainer keys are listed in ``TRAIN_OPTIONS``; every reward-model config
 key (see ``ResNetRewardModel.default_config()``) is given as ``model.<key>=value``.
 
-Writes into ``save_dir`` (default ``<data>/../reward_model_ckpt``):
+Writes into ``save_dir`` (default ``<data>/../reward_model_ckpt``), from rank 0 only under torchrun:
 
-* ``best_model.safetensors``: the epoch with the lowest class-balanced validation loss (or the last epoch with
-  ``model_selection=last``);
-* ``last_model.safetensors``: rewritten after every epoch (both atomically, with metadata);
-* ``tb/``: tensorboard scalars ``train/*`` and ``val/*`` per epoch (and ``reward_model/*`` per step);
-* ``train_summary.json``: options, class counts, skipped files, validation files, per-epoch history;
+* ``best_model.safetensors``: the validation with the lowest class-balanced loss (or the last one with
+  ``model_selection=last``); ``last_model.safetensors``: rewritten at every validation (after every epoch, or every
+  ``val_check_interval`` optimiser steps); ``step_<k>_model.safetensors`` every ``save_interval`` steps (all
+  atomically, with metadata);
+* ``tb/``: tensorboard scalars ``train/*`` and ``val/*`` per validation (and ``reward_model/*`` per step);
+* ``train_summary.json``: options, class counts, skipped files, validation files, the history of validations;
 * ``fidelity_val/``: the fidelity report of the best model on the validation split (PR curve, the
   lowest threshold reaching ``target_precision``, confusion matrix, histogram, worst errors, report.json;
   see ``ding_ext.evaluation``); ``store_threshold=true`` stores that threshold in the best checkpoint.
 
-Class imbalance is handled by class-balanced sampling (``balance=sampler``, the default), or by BCE
-``pos_weight = n_failure / n_success`` (``balance=pos_weight``), or not at all (``balance=none``).
+Class imbalance is handled by class-balanced sampling (``balance=sampler``, the default; ``sampler_fail_ratio``
+failure draws per success draw), or by BCE ``pos_weight = n_failure / n_success`` (``balance=pos_weight``), or not at
+all (``balance=none``).
+
+Each optimiser step trains on a global batch of ``batch_size`` images, cut into micro-batches of
+``micro_batch_size``. Under torchrun every process trains on its share of the micro-batches (DDP, or FSDP2 with
+``strategy=fsdp``), accumulating gradients over ``batch_size / (micro_batch_size x processes)`` of them; all ranks
+share the early-stopping decision. The sampling order depends on the seed and the epoch only, so N processes reach
+the weights one process reaches with the same batch sizes (``ding_ext.train_step``).
 """
 import argparse
 import copy
@@ -33,18 +42,22 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from easydict import EasyDict
-from torch.utils.data import DataLoader
 
-from .checkpoint_io import write_json_atomic
+from .checkpoint_io import save_checkpoint, write_json_atomic
+from .distributed import (
+    DistContext, barrier, broadcast_from_main, full_state_dict, init_distributed, is_sharded, shutdown,
+    wrap_for_training
+)
 from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by older code)
     binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
 )
-from .image_folder_dataset import (
-    METADATA_FILE, DataError, ImageFolderDataset, class_balanced_sampler, scan_image_folder, split_train_val
-)
+from .image_folder_dataset import METADATA_FILE, DataError, ImageFolderDataset, scan_image_folder, split_train_val
+from .train_data import build_loaders, frames_per_episode_subset, write_debug_images
 from .train_options import (  # noqa: F401  (re-exported: the trainer's public option API)
-    TRAIN_OPTIONS, OptionError, merge_env_metadata, parse_overrides, parse_value, resolve_options
+    OVERRIDE_ALIASES, TRAIN_OPTIONS, OptionError, accumulation_steps, merge_env_metadata, parse_overrides,
+    parse_value, resolve_options
 )
+from .train_step import GlobalBatchStep, evaluate_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +71,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def _resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise OptionError(f"device={name!r} was asked for but CUDA is not available; use device=cpu")
-    return device
 
 
 def _fidelity_on_val(model: Any, scan: Any, val_set: ImageFolderDataset, val_idx: Sequence[int],
@@ -102,160 +108,222 @@ def cap_failures(indices: Sequence[int], labels: Sequence[int], ratio: float, se
 def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     """Train a reward model on ``<data_dir>/success`` and ``<data_dir>/failure``; see the module doc.
 
-    ``options``: the trainer keys of ``TRAIN_OPTIONS`` and reward-model config keys as ``model.<key>``
-    (or a ``model`` dict). Returns a dict with ``best_path``, ``last_path``, ``best_val`` (validation
-    metrics of the best epoch), ``best_epoch``, ``epochs_run``, ``stopped_early``, ``history`` (one dict
-    per epoch), ``num_images`` ({'success': n, 'failure': n} readable images), ``skipped`` (number of
-    unreadable PNGs), ``skipped_files``, ``train_files``, ``val_files``, ``metadata`` (checkpoint
-    metadata), ``save_dir``, ``summary_path``, ``report`` (the ``fidelity_report`` of the best model on the
-    validation split; None without one) and ``report_dir`` (``<save_dir>/fidelity_val``).
+    ``options``: the trainer keys of ``TRAIN_OPTIONS`` (or their ``OVERRIDE_ALIASES``) and reward-model config keys
+    as ``model.<key>`` (or a ``model`` dict). In a process torchrun started, it joins the process group (and leaves
+    it at the end, unless it was initialised already). Returns a dict with ``best_path``, ``last_path``, ``best_val``
+    (validation metrics of the best model), ``best_epoch``, ``best_step``, ``epochs_run``, ``steps_run``,
+    ``stopped_early``, ``history`` (one dict per validation), ``num_images`` ({'success': n, 'failure': n} readable
+    images), ``skipped`` (number of unreadable PNGs), ``skipped_files``, ``train_files``, ``val_files``,
+    ``metadata`` (checkpoint metadata), ``save_dir``, ``summary_path``, ``world_size``, ``micro_batch_size``,
+    ``accumulation_steps``, ``images_per_s`` (training throughput over all processes, validation excluded),
+    ``report`` (the ``fidelity_report`` of the best model on the validation split; None without one, and on ranks
+    other than 0) and ``report_dir`` (``<save_dir>/fidelity_val``).
 
     Raises ``OptionError`` (a ValueError) for bad options and ``DataError`` (a ValueError) for bad data.
     """
+    opts, model_overrides = resolve_options(options)
+    ctx = init_distributed(opts['device'])
+    try:
+        return _train(os.path.abspath(str(data_dir)), opts, model_overrides, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _build_model(cfg: Mapping[str, Any], ctx: DistContext, writer: Any, scan: Any, model_overrides: Mapping[str, Any],
+                 data_dir: str) -> Any:
     from ding.reward_model import create_reward_model
+    model = create_reward_model(EasyDict(copy.deepcopy(dict(cfg))), str(ctx.device), writer)
+    model.cfg.env_metadata = merge_env_metadata(
+        scan.metadata, model_overrides.get('env_metadata') or {}, list(model.network_metadata()),
+        source=os.path.join(data_dir, METADATA_FILE)
+    )
+    return model
+
+
+def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any], ctx: DistContext) -> Dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    opts, model_overrides = resolve_options(options)
-    data_dir = os.path.abspath(str(data_dir))
     save_dir = os.path.abspath(opts['save_dir'] or os.path.join(os.path.dirname(data_dir), 'reward_model_ckpt'))
-    device = _resolve_device(opts['device'])
-    num_workers = opts['num_workers'] if opts['num_workers'] is not None else min(2, os.cpu_count() or 1)
-    progress = bool(opts['progress'])
+    bs = int(opts['batch_size'])
+    micro, accumulation = accumulation_steps(bs, opts['micro_batch_size'], ctx.world_size)
+    strategy = opts['strategy']
 
-    # -- data
+    # -- data (every process reads the folder; the split and the sampling order depend on the seed only)
     t0 = time.time()
     scan = scan_image_folder(data_dir, cache=bool(opts['cache_images']))
     train_idx, val_idx = split_train_val(scan.files, scan.labels, opts['val_split'], opts['seed'],
                                          groups=scan.episode_ids)  # by episode when the sidecar has ids
     if opts['fail_success_ratio'] is not None:
         train_idx = cap_failures(train_idx, scan.labels, float(opts['fail_success_ratio']), opts['seed'])
+    train_idx = frames_per_episode_subset(train_idx, scan.frames, scan.episode_ids, opts['frames_per_episode'])
     train_set = ImageFolderDataset(scan, train_idx)
     val_set = ImageFolderDataset(scan, val_idx)
     n_pos = int(train_set.labels.sum())
     n_neg = len(train_set) - n_pos
+    if not n_pos or not n_neg:
+        raise DataError(f"the training split of {data_dir} has {n_pos} success and {n_neg} failure images "
+                        f"(frames_per_episode={opts['frames_per_episode']}): both classes are needed")
     if not len(val_set):
         logger.warning("no validation images (val_split=%s): the best model is picked by training loss",
                        opts['val_split'])
     logger.info(
-        "%s: %d success + %d failure readable images (%d skipped), %d train / %d val, read in %.1fs",
+        "%s: %d success + %d failure readable images (%d skipped), %d train / %d val, read in %.1fs; global batch %d "
+        "= %d process(es) x %d micro-batch(es) of %d (%s)",
         data_dir, scan.num_images['success'], scan.num_images['failure'], len(scan.skipped_files),
-        len(train_set), len(val_set), time.time() - t0
+        len(train_set), len(val_set), time.time() - t0, bs, ctx.world_size, accumulation, micro,
+        strategy if ctx.distributed else 'one process'
     )
 
-    # -- model
+    # -- model (the same seed gives every process the same initial weights)
     _seed_everything(opts['seed'])
     init_ckpt = model_overrides.get('checkpoint_path')
     cfg = dict(type='resnet')
     cfg.update(copy.deepcopy(model_overrides))
     # this trainer drives the model itself: no pretraining (which would call this trainer again), no
     # co-training warm-start images; a model.checkpoint_path is loaded below, as initial weights
-    cfg.update(learning_rate=float(opts['lr']), batch_size=int(opts['batch_size']), checkpoint_path=None,
+    cfg.update(learning_rate=float(opts['lr']), batch_size=bs, checkpoint_path=None,
                pretrain_reward=False, cooptrain_reward=True, cooptrain_seed_data_dir=None)
     if cfg.get('reward_threshold') == 'auto':  # picked from the validation data at the end (fidelity report)
         cfg['reward_threshold'] = 0.5
-    os.makedirs(save_dir, exist_ok=True)
-    writer = SummaryWriter(os.path.join(save_dir, 'tb'))
+    writer = None
+    if ctx.is_main:
+        os.makedirs(save_dir, exist_ok=True)
+        writer = SummaryWriter(os.path.join(save_dir, 'tb'))
     try:
-        model = create_reward_model(EasyDict(cfg), str(device), writer)
-        model.cfg.env_metadata = merge_env_metadata(
-            scan.metadata, model_overrides.get('env_metadata') or {}, list(model.network_metadata()),
-            source=os.path.join(data_dir, METADATA_FILE)
-        )
+        model = _build_model(cfg, ctx, writer, scan, model_overrides, data_dir)
         if init_ckpt:  # start from a checkpoint, checked against this config and the data's env metadata
             model.cfg.checkpoint_path = init_ckpt
             model.load(init_ckpt)
         meta = model.metadata()
+        if is_sharded(strategy, ctx) and model.dtype == torch.float16:
+            raise OptionError("precision fp16 (loss scaling) is not supported with strategy=fsdp; use bf16 or fp32")
+        train_net = wrap_for_training(model.network, strategy, ctx)
+        optimizer = model.optimizer
+        if is_sharded(strategy, ctx):  # fully_shard replaced the parameters: the optimiser must hold the shards
+            optimizer = type(optimizer)(model.network.parameters(), **optimizer.defaults)
 
-        # -- loaders (uint8 HWC arrays; the model's preprocess_images converts them in this process)
-        pin = device.type == 'cuda'
-        common = dict(num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
-        bs = int(opts['batch_size'])
-        pos_weight = None
-        if opts['balance'] == 'sampler':
-            sampler = class_balanced_sampler(train_set.labels.astype(np.int64), len(train_set), opts['seed'])
-            train_loader = DataLoader(train_set, batch_size=bs, sampler=sampler,
-                                      drop_last=len(train_set) % bs == 1, **common)
-        else:
-            if opts['balance'] == 'pos_weight':
-                pos_weight = n_neg / max(n_pos, 1)
-            gen = torch.Generator().manual_seed(opts['seed'])
-            train_loader = DataLoader(train_set, batch_size=bs, shuffle=True, generator=gen,
-                                      drop_last=len(train_set) % bs == 1, **common)
-        val_loader = DataLoader(val_set, batch_size=2 * bs, shuffle=False, **common) \
-            if len(val_set) else None
+        # -- loaders (uint8 HWC arrays; the model's preprocess_images converts them on the device)
+        pos_weight = n_neg / max(n_pos, 1) if opts['balance'] == 'pos_weight' else None
+        loaders = build_loaders(train_set, val_set, opts, micro, ctx.rank, ctx.world_size, ctx.device.type)
+        sampler, train_loader, val_loader = loaders.sampler, loaders.train, loaders.val
+        if opts['debug_save_dir']:  # each process writes its share
+            for name, subset in (('train', train_set), ('val', val_set)):
+                counts = write_debug_images(subset, os.path.join(opts['debug_save_dir'], name), model.cfg.image_size,
+                                            model.cfg.image_crop, range(ctx.rank, len(subset), ctx.world_size))
+                logger.info("debug_save_dir: %s images %s in %s", name, counts, opts['debug_save_dir'])
+        train_step = GlobalBatchStep(model, train_net, optimizer, ctx, strategy, bs, micro, pos_weight, opts['seed'],
+                                     writer)
 
         best_path = os.path.join(save_dir, BEST_NAME)
         last_path = os.path.join(save_dir, LAST_NAME)
         patience = int(opts['early_stopping_patience'])
+        epochs, val_every, save_every = int(opts['epochs']), opts['val_check_interval'], opts['save_interval']
         history: List[Dict[str, Any]] = []
-        best_score, best_epoch, best_val, since_best = float('inf'), 0, {}, 0
-        stopped_early = False
+        best: Dict[str, Any] = dict(score=float('inf'), epoch=0, step=0, val={}, since=0)
+        window = dict(loss=0.0, correct=0.0, seen=0, t=time.time())  # training since the last validation
         monitor = 'val/balanced_loss' if val_loader is not None else 'train/loss'
-
         scheduler = None
-        if opts['lr_schedule'] == 'cosine':  # per batch, from lr down to 0 at the last epoch
+        if opts['lr_schedule'] == 'cosine':  # per optimiser step, from lr down to 0 at the last epoch
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                model.optimizer, T_max=max(1, int(opts['epochs']) * len(train_loader)))
-        bar = tqdm(range(1, int(opts['epochs']) + 1), desc='reward model', unit='epoch',
-                   disable=not progress, dynamic_ncols=True)
-        for epoch in bar:
-            t_epoch = time.time()
-            model.network.train()
-            loss_sum, correct_sum, seen = 0.0, 0.0, 0
-            for images, labels in train_loader:
-                stats = model.train_step(images, labels, pos_weight=pos_weight)
-                if scheduler is not None:
-                    scheduler.step()
-                n = len(labels)
-                loss_sum += stats['reward_loss'] * n
-                correct_sum += stats['accuracy'] * n
-                seen += n
-            train_metrics = dict(loss=loss_sum / max(seen, 1), accuracy=correct_sum / max(seen, 1))
-            val_metrics = evaluate(model, val_loader) if val_loader is not None else {}
+                optimizer, T_max=max(1, epochs * sampler.steps_per_epoch))
+        bar = tqdm(range(1, epochs + 1), desc='reward model', unit='epoch',
+                   disable=not (opts['progress'] and ctx.is_main), dynamic_ncols=True)
+
+        def save_weights(paths: Sequence[str]) -> None:
+            state = full_state_dict(model.network, strategy, ctx)  # under FSDP every process takes part
+            if ctx.is_main:
+                for path in paths:
+                    save_checkpoint(path, state, meta)
+
+        def validate(epoch: int, step: int) -> bool:
+            """Validate, write last (and best) model, log; True when early stopping says stop (on every rank)."""
+            train_metrics = dict(loss=window['loss'] / max(window['seen'], 1),
+                                 accuracy=window['correct'] / max(window['seen'], 1))
+            val_metrics = evaluate_sharded(model, val_loader, len(val_set), ctx) if val_loader is not None else {}
             score = val_metrics['balanced_loss'] if val_metrics else train_metrics['loss']
-            improved = score < best_score - float(opts['min_delta']) or opts['model_selection'] == 'last'
-            model.save(last_path)
+            improved = score < best['score'] - float(opts['min_delta']) or opts['model_selection'] == 'last'
+            improved = broadcast_from_main(improved, ctx)  # every rank saves (FSDP gathers) and stops alike
+            save_weights([last_path, best_path] if improved else [last_path])
             if improved:
-                best_score, best_epoch, best_val, since_best = score, epoch, dict(val_metrics), 0
-                model.save(best_path)
+                best.update(score=score, epoch=epoch, step=step, val=dict(val_metrics), since=0)
             else:
-                since_best += 1
-            record = dict(epoch=epoch, time_s=round(time.time() - t_epoch, 3), improved=improved,
+                best['since'] += 1
+            record = dict(epoch=epoch, step=step, time_s=round(time.time() - window['t'], 3), improved=improved,
                           **{f'train/{k}': v for k, v in train_metrics.items()},
                           **{f'val/{k}': v for k, v in val_metrics.items()})
             history.append(record)
-            for k, v in record.items():
-                if '/' in k:
-                    writer.add_scalar(k, v, epoch)
-            writer.add_scalar('train/lr', model.optimizer.param_groups[0]['lr'], epoch)
-            writer.flush()
+            window.update(loss=0.0, correct=0.0, seen=0, t=time.time())
+            if writer is not None:
+                for k, v in record.items():
+                    if '/' in k:
+                        writer.add_scalar(k, v, step)
+                writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
+                writer.flush()
             postfix = dict(loss=f"{train_metrics['loss']:.4f}")
             if val_metrics:
                 postfix.update(val_loss=f"{val_metrics['loss']:.4f}", val_acc=f"{val_metrics['accuracy']:.3f}",
                                val_f1=f"{val_metrics['f1']:.3f}")
-            postfix['best'] = best_epoch
-            bar.set_postfix(postfix)
-            if patience and since_best >= patience:
-                stopped_early = epoch < int(opts['epochs'])
+            bar.set_postfix(dict(postfix, best=best['epoch']))
+            return broadcast_from_main(bool(patience and best['since'] >= patience), ctx)
+
+        step, epochs_run, validated_at, stop, train_time = 0, 0, -1, False, 0.0
+        for epoch in bar:
+            epochs_run = epoch
+            sampler.set_epoch(epoch)
+            pending: List[Any] = []
+            t_step = time.time()
+            for micro_batch in train_loader:
+                pending.append(micro_batch)
+                if len(pending) < accumulation:
+                    continue
+                stats = train_step(pending, step)
+                pending = []
+                step += 1
+                if scheduler is not None:
+                    scheduler.step()
+                window['loss'] += stats['reward_loss'] * bs
+                window['correct'] += stats['accuracy'] * bs
+                window['seen'] += bs
+                if save_every and step % save_every == 0:
+                    save_weights([os.path.join(save_dir, f'step_{step}_model.safetensors')])
+                if val_every and step % val_every == 0:
+                    train_time += time.time() - t_step
+                    validated_at, stop = step, validate(epoch, step)
+                    t_step = time.time()
+                    if stop:
+                        break
+            train_time += time.time() - t_step
+            if not stop and not val_every:
+                validated_at, stop = step, validate(epoch, step)
+            if stop:
                 break
+        if validated_at != step:  # the final weights are validated and written as the last model
+            stop = validate(epochs_run, step) or stop
         bar.close()
-        report = _fidelity_on_val(model, scan, val_set, val_idx, opts, save_dir, best_path, data_dir) \
-            if len(val_set) else None
+        report = None
+        if ctx.is_main and len(val_set):
+            # a sharded network cannot run on rank 0 alone: the report scores with an unsharded copy
+            report_model = _build_model(cfg, ctx, None, scan, model_overrides, data_dir) \
+                if is_sharded(strategy, ctx) else model
+            report = _fidelity_on_val(report_model, scan, val_set, val_idx, opts, save_dir, best_path, data_dir)
     finally:
-        writer.close()
-    if report is None and opts['store_threshold']:
+        if writer is not None:
+            writer.close()
+    if report is None and opts['store_threshold'] and ctx.is_main:
         logger.warning("store_threshold: no validation split to pick a threshold on; nothing stored")
 
     result = dict(
         best_path=best_path,
         last_path=last_path,
-        best_val=best_val,
-        best_epoch=best_epoch,
-        best_score=best_score,
+        best_val=best['val'],
+        best_epoch=best['epoch'],
+        best_step=best['step'],
+        best_score=best['score'],
         monitor=monitor,
-        epochs_run=len(history),
-        stopped_early=stopped_early,
+        epochs_run=epochs_run,
+        steps_run=step,
+        stopped_early=stop and step < epochs * sampler.steps_per_epoch,
         history=history,
         num_images=scan.num_images,
         num_train=len(train_set),
@@ -269,34 +337,48 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
         data_dir=data_dir,
         balance=opts['balance'],
         pos_weight=pos_weight,
+        world_size=ctx.world_size,
+        strategy=strategy if ctx.distributed else None,
+        micro_batch_size=micro,
+        accumulation_steps=accumulation,
+        num_workers=loaders.num_workers,
+        pin_memory=loaders.pin_memory,
+        images_per_s=step * bs / max(train_time, 1e-9),
         options=dict(opts),
         model_config=model_overrides,
         report_dir=os.path.join(save_dir, 'fidelity_val') if report is not None else None,
     )
-    summary_path = os.path.join(save_dir, SUMMARY_NAME)
-    write_json_atomic(summary_path, dict(result, report=report_summary(report) if report else None), default=str)
+    summary_path = None
+    if ctx.is_main:
+        summary_path = os.path.join(save_dir, SUMMARY_NAME)
+        write_json_atomic(summary_path, dict(result, report=report_summary(report) if report else None), default=str)
+        best_val = best['val']
+        val_txt = (f"val loss {best_val['loss']:.4f}, acc {best_val['accuracy']:.3f}, precision "
+                   f"{best_val['precision']:.3f}, recall {best_val['recall']:.3f}, F1 {best_val['f1']:.3f}"
+                   if best_val else f"train loss {best['score']:.4f} (no validation set)")
+        stopped = ' (early stop)' if result['stopped_early'] else ''
+        line = (f"reward model: best epoch {best['epoch']}/{epochs_run}{stopped}: {val_txt}; "
+                f"{scan.num_images['success']} success / {scan.num_images['failure']} failure images, "
+                f"{len(scan.skipped_files)} skipped; best -> {best_path}")
+        print(line, flush=True)  # always: ``progress`` only controls the tqdm bar
+    barrier(ctx)  # the other ranks leave once rank 0 has written everything
     result.update(summary_path=summary_path, report=report)
-
-    val_txt = (f"val loss {best_val['loss']:.4f}, acc {best_val['accuracy']:.3f}, precision "
-               f"{best_val['precision']:.3f}, recall {best_val['recall']:.3f}, F1 {best_val['f1']:.3f}"
-               if best_val else f"train loss {best_score:.4f} (no validation set)")
-    line = (f"reward model: best epoch {best_epoch}/{len(history)}{' (early stop)' if stopped_early else ''}: "
-            f"{val_txt}; {scan.num_images['success']} success / {scan.num_images['failure']} failure images, "
-            f"{len(scan.skipped_files)} skipped; best -> {best_path}")
-    print(line, flush=True)  # always: ``progress`` only controls the tqdm bar
     return result
 
 
 # ---------------------------------------------------------------------------------------- CLI
 def _build_parser() -> argparse.ArgumentParser:
     keys = "\n".join(f"  {k}={d!r}: {h}" for k, (d, h) in TRAIN_OPTIONS.items())
+    aliases = ", ".join(f"{k} (= {v})" for k, v in OVERRIDE_ALIASES.items())
     return argparse.ArgumentParser(
         prog='python -m ding_ext.train_reward_model',
         description="Train the image success classifier on <data>/success/*.png and <data>/failure/*.png.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"trainer keys (key=value):\n{keys}\n"
                "model keys: model.<key>=value for any reward-model config key, e.g. model.arch=resnet34 "
-               "model.hidden_dim=512 model.image_size=[3,64,64] model.pretrained=/path/weights.pth",
+               "model.hidden_dim=512 model.image_size=[3,64,64] model.pretrained=/path/weights.pth\n"
+               f"dotted override names: {aliases}, actor.model.<key> (= model.<key>)\n"
+               "several processes: torchrun --nproc_per_node N -m ding_ext.train_reward_model --data DIR ...",
     )
 
 
@@ -305,8 +387,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--data', help="folder holding success/ and failure/ (or give data=DIR)")
     parser.add_argument('overrides', nargs='*', metavar='key=value')
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    if not logging.getLogger().handlers:  # under torchrun, rank 0 logs and the others only warn
+        rank = int(os.environ.get('RANK', 0))
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                            format=f'%(levelname)s [rank {rank}] %(name)s: %(message)s')
     try:
         options = parse_overrides(args.overrides)
         data_key = options.pop('data', None)

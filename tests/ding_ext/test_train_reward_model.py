@@ -48,7 +48,7 @@ def heldout_accuracy(model, n=40, seed=123):
 def test_cli_trains_writes_checkpoints_and_they_load(dataset, tmp_path, capsys):
     save_dir = tmp_path / 'ckpt'
     rc = main(['--data', dataset, 'epochs=4', 'lr=1e-3', 'batch_size=24', f'save_dir={save_dir}',
-               'model.image_size=[3,32,32]', 'model.hidden_dim=16'])  # default num_workers: DataLoader workers
+               'model.image_size=[3,32,32]', 'model.hidden_dim=16', 'num_workers=2'])  # DataLoader workers
     assert rc == 0
     out = capsys.readouterr().out
     assert 'best epoch' in out and 'best_model.safetensors' in out
