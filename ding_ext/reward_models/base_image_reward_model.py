@@ -7,6 +7,7 @@ training, reward estimation in every ``reward_mode`` x ``combine_mode``, checkpo
 import copy
 import logging
 import os
+import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,8 +21,9 @@ from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
+from ..inference_network import InferenceNetwork, resolve_channels_last, weights_version
 from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
-from ..transitions import FRAME_INFO_KEY, as_bool, labelled_images, lookup
+from ..transitions import FRAME_INFO_KEY, SCORE_KEY, as_bool, attach_score, labelled_images, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,16 @@ class BaseImageRewardModel(BaseRewardModel):
         max_buffer_size=20000,
         # (int) Images per forward pass in ``estimate()`` / ``compute_rewards()``.
         inference_batch_size=256,
+        # (bool|str) Score in the channels_last memory format: true | false | 'auto' (the choice measured per device
+        # type by bench/reward_inference.py, see ding_ext.inference_network.CHANNELS_LAST_AUTO).
+        channels_last='auto',
+        # (bool) Score with a torch.compile'd network (the first call compiles: ~2 min on a 2-core CPU); a compile
+        # failure falls back to eager with a warning naming the error.
+        compile=False,
+        # (bool) ``estimate()`` stores each transition's success probability with it (``reward_score``) and reuses
+        # it while the weights are unchanged: a frozen model scores each stored image once, a co-trained one again
+        # after it trained. False: every call scores its images (DI-engine's reward models do so).
+        score_once=True,
         # (str) Where a transition holds the reward image: a key, or a dotted path such as 'next_obs.image'.
         image_key='reward_image',
         # (str) Where a transition holds the env's success flag (the training label); also looked up in info.
@@ -131,6 +143,10 @@ class BaseImageRewardModel(BaseRewardModel):
             logger.info("reward model precision 'auto' chose %s on %s: %s", precision, self.device, reason)
         self.dtype = PRECISIONS[precision]
         self.network = self.build_network().to(self.device)
+        self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
+        # scoring runs on an eval-mode copy (BatchNorm folded, channels_last, maybe compiled), rebuilt on weight changes
+        self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile))
+        self._instance = uuid.uuid4().hex  # versions of stored probabilities name the model that gave them
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
         )
@@ -217,6 +233,7 @@ class BaseImageRewardModel(BaseRewardModel):
         t = c.reward_threshold
         if t != 'auto' and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0):
             raise ValueError(f"reward_threshold must be a number in [0, 1] or 'auto', got {t!r}")
+        resolve_channels_last(c.channels_last, 'cpu')
         if int(c.batch_size) < 2:
             raise ValueError(f"batch_size must be >= 2 (half success, half failure), got {c.batch_size}")
 
@@ -255,23 +272,28 @@ class BaseImageRewardModel(BaseRewardModel):
             device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         )
 
+    @property
+    def model_version(self) -> tuple:
+        """Identifies this model's current weights: it changes with every training step and every load."""
+        return self._instance, weights_version(self.network)
+
     def predict_proba(self, images: Any) -> torch.Tensor:
-        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``."""
-        was_training = self.network.training
-        self.network.eval()
+        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``.
+
+        Each batch is moved to the device as it comes (uint8 stays uint8), converted, resized and normalised there
+        in one pass, and scored by ``inference_network`` (the eval-mode fast copy of ``network``).
+        """
+        n = len(images)
+        if n == 0:
+            raise ValueError("empty image batch: no images to score")
         out = []
-        try:
-            with torch.inference_mode(), self._autocast():
-                n = len(images)
-                if n == 0:
-                    raise ValueError("empty image batch: no images to score")
-                step = int(self.cfg.inference_batch_size)
-                for i in range(0, n, step):
-                    x = self.preprocess_images(images[i:i + step])
-                    out.append(torch.sigmoid(self.network(x).float()).cpu())
-        finally:
-            self.network.train(was_training)
-        return torch.cat(out)
+        step = int(self.cfg.inference_batch_size)
+        with torch.inference_mode(), self._autocast():
+            for i in range(0, n, step):
+                x = preprocess_images(images[i:i + step], self.cfg.image_size, self.cfg.normalize, self.device,
+                                      torch.float32, channels_last=self.channels_last, crop=self.cfg.image_crop)
+                out.append(torch.sigmoid(self.inference_network(x).float()))
+        return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
 
     def apply_threshold(self, probs: torch.Tensor) -> torch.Tensor:
         """Model reward from probabilities: p itself with use_soft_reward, else success/fail_reward by threshold."""
@@ -307,35 +329,73 @@ class BaseImageRewardModel(BaseRewardModel):
     def _image_of(self, transition: Mapping, index: int) -> Any:
         image = lookup(transition, self.cfg.image_key)
         if image is None:
+            stored = transition.get(SCORE_KEY)
+            why = "" if stored is None else (
+                f" and its stored probability is from model version {stored.version!r}, not the current "
+                f"{self.model_version!r} (a transition stored without its image can be scored again only by a "
+                "frozen model)"
+            )
             raise KeyError(
-                f"transition {index} has no reward image at key {self.cfg.image_key!r} "
+                f"transition {index} has no reward image at key {self.cfg.image_key!r}{why} "
                 f"(reward_mode={self.cfg.reward_mode!r}); keys present: {sorted(transition.keys())}. "
                 "Make the env emit it (reward_render_mode) or set reward_model.image_key"
             )
         return image
 
-    def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Copies of ``data`` with ``reward`` replaced by the combined reward; ``data`` is left unchanged.
+    def transition_probs(self, data: Sequence[Dict[str, Any]], idx: Sequence[int]) -> torch.Tensor:
+        """Success probabilities of ``data[i]`` for ``i`` in ``idx``, scored in one batch.
 
-        The reward image and the sidecar's ``frame_info`` are dropped from the copies (the learner does not need them).
+        With ``score_once`` a transition's probability is stored with it (``SCORE_KEY``, a ``StoredScore`` shared by
+        its shallow copies) together with ``model_version``, and reused while the version is unchanged: a frozen
+        model scores each stored image once; a trained or reloaded one scores it again when it is next asked.
+        """
+        version = self.model_version if self.cfg.score_once else None
+        probs: List[float] = [0.0] * len(idx)
+        todo = []
+        for j, i in enumerate(idx):
+            stored = data[i].get(SCORE_KEY) if version is not None else None
+            if stored is not None and stored.version == version:
+                probs[j] = stored.prob
+            else:
+                todo.append(j)
+        if todo:
+            images = [self._image_of(data[idx[j]], idx[j]) for j in todo]
+            new = self.predict_proba(images)
+            self._dump_debug(images, new)
+            for j, p in zip(todo, new.tolist()):
+                probs[j] = p
+                if version is not None:
+                    stored = attach_score(data[idx[j]])
+                    stored.prob, stored.version = p, version
+        return torch.tensor(probs, dtype=torch.float32)
+
+    def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Copies of ``data`` with ``reward`` replaced by the combined reward; the rewards of ``data`` are unchanged.
+
+        The reward image, the sidecar's ``frame_info`` and the stored probability are dropped from the copies (the
+        learner does not need them); with ``score_once`` each scored transition of ``data`` keeps its probability
+        (``transition_probs``), so a stored transition is scored once while the weights do not change.
         """
         if len(data) == 0:
             return []
-        drop = {self.cfg.image_key, FRAME_INFO_KEY}  # the learner's collate cannot batch either
+        drop = {self.cfg.image_key, FRAME_INFO_KEY, SCORE_KEY}  # the learner's collate cannot batch them
         out = [{k: v for k, v in t.items() if k not in drop} for t in data]
         if self.cfg.reward_mode == 'per_step':
             idx = list(range(len(data)))
         else:
             idx = [i for i, t in enumerate(data) if as_bool(t.get('done', False))]
-        model_r = {}
+        model_r = torch.zeros(len(data))
         if idx:
-            images = [self._image_of(data[i], i) for i in idx]
-            rewards = self.compute_rewards(images)
-            model_r = dict(zip(idx, rewards.tolist()))
-        for i, t in enumerate(out):
-            env_r = torch.as_tensor(data[i]['reward'], dtype=torch.float32)
-            r = torch.full_like(env_r, model_r.get(i, 0.0))
-            t['reward'] = self.combine(env_r, r)
+            model_r[idx] = self.apply_threshold(self.transition_probs(data, idx))
+        env = [torch.as_tensor(t['reward'], dtype=torch.float32) for t in data]
+        if all(e.shape == env[0].shape for e in env):  # one vectorised combine, one view per transition
+            env_r = torch.stack(env)
+            combined = self.combine(env_r, model_r.view(-1, *[1] * (env_r.dim() - 1)).expand_as(env_r))
+            for t, r in zip(out, combined.unbind(0)):
+                t['reward'] = r
+        else:
+            for t, e, m in zip(out, env, model_r.tolist()):
+                t['reward'] = self.combine(e, torch.full_like(e, m))
         return out
 
     def collect_data(self, data: List[Dict[str, Any]]) -> None:
