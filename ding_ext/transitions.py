@@ -10,8 +10,8 @@ IMAGE_KEY = "reward_image"
 FRAME_INFO_KEY = "frame_info"
 # where a stored transition keeps its success probability (a ``StoredScore``) for the reward model's ``estimate()``
 SCORE_KEY = "reward_score"
-# keys the learner must not receive (its collate cannot batch images or per-frame dicts of strings)
-NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY)
+# keys the learner must not receive (its collate cannot batch images, per-frame dicts of strings or stored scores)
+NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY, SCORE_KEY)
 
 
 class StoredScore:
@@ -43,11 +43,11 @@ def attach_score(transition: Dict[str, Any]) -> "StoredScore":
     return score
 
 
-def strip_images(data: Iterable[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
-    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them); transitions
-    without either are passed as they are."""
-    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} if any(k in t for k in NON_LEARNER_KEYS)
-            else t for t in data]
+def strip_images(data: Iterable[Mapping[str, Any]], keep_scores: bool = False) -> List[Mapping[str, Any]]:
+    """Shallow copies without the reward image, the frame info and (unless ``keep_scores``) the stored score (the
+    learner's collate cannot batch them); transitions without any of them are passed as they are."""
+    drop = tuple(k for k in NON_LEARNER_KEYS if not (keep_scores and k == SCORE_KEY))
+    return [{k: v for k, v in t.items() if k not in drop} if any(k in t for k in drop) else t for t in data]
 
 
 def lookup(transition: Mapping, key: str) -> Any:

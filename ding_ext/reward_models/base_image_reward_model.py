@@ -350,24 +350,30 @@ class BaseImageRewardModel(BaseRewardModel):
         model scores each stored image once; a trained or reloaded one scores it again when it is next asked.
         """
         version = self.model_version if self.cfg.score_once else None
+        if version is None:
+            return self._score_images([self._image_of(data[i], i) for i in idx])
         probs: List[float] = [0.0] * len(idx)
-        todo = []
+        todo: Dict[int, List[int]] = {}  # stored score -> positions in idx (a batch may hold a transition twice)
         for j, i in enumerate(idx):
-            stored = data[i].get(SCORE_KEY) if version is not None else None
-            if stored is not None and stored.version == version:
+            stored = attach_score(data[i])
+            if stored.version == version:
                 probs[j] = stored.prob
             else:
-                todo.append(j)
+                todo.setdefault(id(stored), []).append(j)
         if todo:
-            images = [self._image_of(data[idx[j]], idx[j]) for j in todo]
-            new = self.predict_proba(images)
-            self._dump_debug(images, new)
-            for j, p in zip(todo, new.tolist()):
-                probs[j] = p
-                if version is not None:
-                    stored = attach_score(data[idx[j]])
-                    stored.prob, stored.version = p, version
+            first = [js[0] for js in todo.values()]
+            new = self._score_images([self._image_of(data[idx[j]], idx[j]) for j in first]).tolist()
+            for js, p in zip(todo.values(), new):
+                stored = data[idx[js[0]]][SCORE_KEY]
+                stored.prob, stored.version = p, version
+                for j in js:
+                    probs[j] = p
         return torch.tensor(probs, dtype=torch.float32)
+
+    def _score_images(self, images: List[Any]) -> torch.Tensor:
+        probs = self.predict_proba(images)
+        self._dump_debug(images, probs)
+        return probs
 
     def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Copies of ``data`` with ``reward`` replaced by the combined reward; the rewards of ``data`` are unchanged.
