@@ -6,7 +6,9 @@ Training keeps the plain module; scoring goes through ``InferenceNetwork``, whic
   torch.fx cannot trace is used unfolded, with a log line);
 - the ``channels_last`` memory format where configured (``'auto'``: on CPU and CUDA, see ``CHANNELS_LAST_AUTO``);
 - optionally ``torch.compile``: a failure (at compile time or at the first call) falls back to eager with a warning
-  naming the error.
+  naming the error. With ``freeze_weights`` (a frozen reward model) inductor's freezing folds the weights into the
+  compiled code (prepacked oneDNN convolutions on CPU: about 2x eager there, against about 1.1x without); such a
+  copy is compiled again when the weights change.
 
 The copy is keyed by ``weights_version(network)``, a counter that every in-place change of a parameter or buffer
 raises (optimizer steps, ``load_state_dict``, BatchNorm statistics, edits under ``torch.no_grad()``), so a trained
@@ -59,10 +61,12 @@ def fold_batchnorm(network: nn.Module) -> Tuple[nn.Module, str]:
 class InferenceNetwork:
     """Scores NCHW batches with a fast eval-mode copy of ``network``; ``__call__`` returns the logits."""
 
-    def __init__(self, network: nn.Module, channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(self, network: nn.Module, channels_last: bool = False, compile: bool = False,
+                 freeze_weights: bool = False) -> None:
         self.network = network
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
+        self.freeze_weights = bool(freeze_weights)
         self.compile_error: Optional[str] = None
         self.description = ''
         self._net: Optional[nn.Module] = None
@@ -73,7 +77,8 @@ class InferenceNetwork:
         net, how = fold_batchnorm(self.network)
         same_device = self._eager is not None and \
             next(self._eager.parameters()).device == next(net.parameters()).device
-        if same_device:  # the same structure: new weights into the built (maybe compiled) copy
+        frozen_compiled = self._net is not self._eager and self.freeze_weights
+        if same_device and not frozen_compiled:  # the same structure: new weights into the built (maybe compiled) copy
             self._eager.load_state_dict(net.state_dict())
             self._version = weights_version(self.network)
             return
@@ -85,8 +90,8 @@ class InferenceNetwork:
         parts = [how, 'channels_last' if self.channels_last else 'NCHW']
         if self.compile:
             try:
-                self._net = torch.compile(net)
-                parts.append('torch.compile')
+                self._net = torch.compile(net, options=dict(freezing=True) if self.freeze_weights else None)
+                parts.append('torch.compile, weights frozen' if self.freeze_weights else 'torch.compile')
             except Exception as e:  # noqa: BLE001
                 self._compile_failed(e)
         self.description = ', '.join(parts)
@@ -97,7 +102,7 @@ class InferenceNetwork:
         warnings.warn(f"torch.compile of the reward network failed, scoring in eager mode: {self.compile_error}",
                       RuntimeWarning, stacklevel=3)
         self._net = self._eager
-        self.description = self.description.replace(', torch.compile', '') + ' (torch.compile failed)'
+        self.description = self.description.split(', torch.compile')[0] + ' (torch.compile failed)'
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._net is None or self._version != weights_version(self.network):

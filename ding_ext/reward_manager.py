@@ -57,8 +57,6 @@ class RewardManager:
         return self._require_model().predict_proba(observations)
 
     def to_device(self, device: str) -> "RewardManager":
-        model = self._require_model()
-        model.device = torch.device(device)
-        model.network.to(model.device)
+        self._require_model().to_device(device)
         self.device = device
         return self

@@ -2,7 +2,8 @@
 
 Subclasses provide ``build_network()`` (a module mapping a float NCHW batch to one logit per image)
 and ``network_metadata()``; this class does the rest: label collection, class-balanced BCE
-training, reward estimation in every ``reward_mode`` x ``combine_mode``, checkpoints, debug images.
+training, fast batched scoring (``ding_ext.inference_network``), checkpoints, debug images; reward
+estimation in every ``reward_mode`` x ``combine_mode`` comes from ``TransitionRewards``.
 """
 import copy
 import logging
@@ -23,7 +24,8 @@ from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
 from ..inference_network import InferenceNetwork, resolve_channels_last, weights_version
 from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
-from ..transitions import FRAME_INFO_KEY, SCORE_KEY, as_bool, attach_score, labelled_images, lookup
+from ..transitions import labelled_images
+from .transition_rewards import TransitionRewards
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ REWARD_MODES = ("per_step", "terminal")
 COMBINE_MODES = ("replace", "add", "weighted")
 
 
-class BaseImageRewardModel(BaseRewardModel):
+class BaseImageRewardModel(TransitionRewards, BaseRewardModel):
     """Image success classifier as a DI-engine reward model (see ``config`` for every key)."""
 
     config = dict(
@@ -91,8 +93,9 @@ class BaseImageRewardModel(BaseRewardModel):
         # (bool|str) Score in the channels_last memory format: true | false | 'auto' (the choice measured per device
         # type by bench/reward_inference.py, see ding_ext.inference_network.CHANNELS_LAST_AUTO).
         channels_last='auto',
-        # (bool) Score with a torch.compile'd network (the first call compiles: ~2 min on a 2-core CPU); a compile
-        # failure falls back to eager with a warning naming the error.
+        # (bool) Score with a torch.compile'd network (the first call compiles: 1-2 min on a 2-core CPU; a frozen
+        # model's weights are compiled in, about 2x eager on CPU); a compile failure falls back to eager with a
+        # warning naming the error.
         compile=False,
         # (bool) ``estimate()`` stores each transition's success probability with it (``reward_score``) and reuses
         # it while the weights are unchanged: a frozen model scores each stored image once, a co-trained one again
@@ -142,10 +145,8 @@ class BaseImageRewardModel(BaseRewardModel):
         if self.cfg.precision == 'auto':
             logger.info("reward model precision 'auto' chose %s on %s: %s", precision, self.device, reason)
         self.dtype = PRECISIONS[precision]
-        self.network = self.build_network().to(self.device)
-        self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
-        # scoring runs on an eval-mode copy (BatchNorm folded, channels_last, maybe compiled), rebuilt on weight changes
-        self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile))
+        self.network = self.build_network()
+        self.to_device(self.device)
         self._instance = uuid.uuid4().hex  # versions of stored probabilities name the model that gave them
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
@@ -180,6 +181,15 @@ class BaseImageRewardModel(BaseRewardModel):
         threshold = self.threshold  # reward_threshold='auto' without a calibrated checkpoint fails here
         dbg = debug_dir_from(self.cfg.debug_save_dir)
         self.debug_writer = DebugImageWriter(dbg, threshold) if dbg else None
+
+    def to_device(self, device: Any) -> None:
+        """Move the network to ``device``; scoring then runs there on a fresh eval-mode copy (BatchNorm folded,
+        channels_last as configured for that device, maybe compiled), rebuilt whenever the weights change."""
+        self.device = torch.device(device)
+        self.network.to(self.device)
+        self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
+        self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile),
+                                                  freeze_weights=not self.cfg.cooptrain_reward)
 
     def _load_seed_images(self, data_dir: str) -> None:
         from ..image_folder_dataset import scan_image_folder
@@ -295,115 +305,7 @@ class BaseImageRewardModel(BaseRewardModel):
                 out.append(torch.sigmoid(self.inference_network(x).float()))
         return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
 
-    def apply_threshold(self, probs: torch.Tensor) -> torch.Tensor:
-        """Model reward from probabilities: p itself with use_soft_reward, else success/fail_reward by threshold."""
-        probs = torch.as_tensor(probs, dtype=torch.float32)
-        if self.cfg.use_soft_reward:
-            return probs.clone()
-        return torch.where(
-            probs > self.threshold,
-            torch.full_like(probs, float(self.cfg.success_reward)),
-            torch.full_like(probs, float(self.cfg.fail_reward)),
-        )
-
-    def combine(self, env_reward: torch.Tensor, model_reward: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        if c.combine_mode == 'replace':
-            return c.reward_weight * model_reward
-        if c.combine_mode == 'add':
-            return env_reward + c.reward_weight * model_reward
-        return c.env_reward_weight * env_reward + c.reward_weight * model_reward
-
-    def compute_rewards(self, images: Any) -> torch.Tensor:
-        """Model reward (before combining with the env reward) for a batch of images."""
-        probs = self.predict_proba(images)
-        self._dump_debug(images, probs)
-        return self.apply_threshold(probs)
-
-    def _dump_debug(self, images: Any, probs: torch.Tensor) -> None:
-        if self.debug_writer is not None:
-            self.debug_writer.threshold = self.threshold  # follows a later load() of another checkpoint
-            self.debug_writer.write(images, probs.tolist())
-
-    # ------------------------------------------------------------------ DI-engine contract
-    def _image_of(self, transition: Mapping, index: int) -> Any:
-        image = lookup(transition, self.cfg.image_key)
-        if image is None:
-            stored = transition.get(SCORE_KEY)
-            why = "" if stored is None else (
-                f" and its stored probability is from model version {stored.version!r}, not the current "
-                f"{self.model_version!r} (a transition stored without its image can be scored again only by a "
-                "frozen model)"
-            )
-            raise KeyError(
-                f"transition {index} has no reward image at key {self.cfg.image_key!r}{why} "
-                f"(reward_mode={self.cfg.reward_mode!r}); keys present: {sorted(transition.keys())}. "
-                "Make the env emit it (reward_render_mode) or set reward_model.image_key"
-            )
-        return image
-
-    def transition_probs(self, data: Sequence[Dict[str, Any]], idx: Sequence[int]) -> torch.Tensor:
-        """Success probabilities of ``data[i]`` for ``i`` in ``idx``, scored in one batch.
-
-        With ``score_once`` a transition's probability is stored with it (``SCORE_KEY``, a ``StoredScore`` shared by
-        its shallow copies) together with ``model_version``, and reused while the version is unchanged: a frozen
-        model scores each stored image once; a trained or reloaded one scores it again when it is next asked.
-        """
-        version = self.model_version if self.cfg.score_once else None
-        if version is None:
-            return self._score_images([self._image_of(data[i], i) for i in idx])
-        probs: List[float] = [0.0] * len(idx)
-        todo: Dict[int, List[int]] = {}  # stored score -> positions in idx (a batch may hold a transition twice)
-        for j, i in enumerate(idx):
-            stored = attach_score(data[i])
-            if stored.version == version:
-                probs[j] = stored.prob
-            else:
-                todo.setdefault(id(stored), []).append(j)
-        if todo:
-            first = [js[0] for js in todo.values()]
-            new = self._score_images([self._image_of(data[idx[j]], idx[j]) for j in first]).tolist()
-            for js, p in zip(todo.values(), new):
-                stored = data[idx[js[0]]][SCORE_KEY]
-                stored.prob, stored.version = p, version
-                for j in js:
-                    probs[j] = p
-        return torch.tensor(probs, dtype=torch.float32)
-
-    def _score_images(self, images: List[Any]) -> torch.Tensor:
-        probs = self.predict_proba(images)
-        self._dump_debug(images, probs)
-        return probs
-
-    def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Copies of ``data`` with ``reward`` replaced by the combined reward; the rewards of ``data`` are unchanged.
-
-        The reward image, the sidecar's ``frame_info`` and the stored probability are dropped from the copies (the
-        learner does not need them); with ``score_once`` each scored transition of ``data`` keeps its probability
-        (``transition_probs``), so a stored transition is scored once while the weights do not change.
-        """
-        if len(data) == 0:
-            return []
-        drop = {self.cfg.image_key, FRAME_INFO_KEY, SCORE_KEY}  # the learner's collate cannot batch them
-        out = [{k: v for k, v in t.items() if k not in drop} for t in data]
-        if self.cfg.reward_mode == 'per_step':
-            idx = list(range(len(data)))
-        else:
-            idx = [i for i, t in enumerate(data) if as_bool(t.get('done', False))]
-        model_r = torch.zeros(len(data))
-        if idx:
-            model_r[idx] = self.apply_threshold(self.transition_probs(data, idx))
-        env = [torch.as_tensor(t['reward'], dtype=torch.float32) for t in data]
-        if all(e.shape == env[0].shape for e in env):  # one vectorised combine, one view per transition
-            env_r = torch.stack(env)
-            combined = self.combine(env_r, model_r.view(-1, *[1] * (env_r.dim() - 1)).expand_as(env_r))
-            for t, r in zip(out, combined.unbind(0)):
-                t['reward'] = r
-        else:
-            for t, e, m in zip(out, env, model_r.tolist()):
-                t['reward'] = self.combine(e, torch.full_like(e, m))
-        return out
-
+    # ---------------------------------------------------- DI-engine contract (estimate() is TransitionRewards')
     def collect_data(self, data: List[Dict[str, Any]]) -> None:
         """Keep (image, label) pairs from transitions that carry an image; label = the env's success flag."""
         if not self.cfg.cooptrain_reward:

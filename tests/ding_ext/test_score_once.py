@@ -97,7 +97,7 @@ def test_cotrained_model_scores_again_after_a_weight_update(tmp_path, naive_buff
 
 
 def test_demo_mix_samples_share_the_stored_score(tmp_path, monkeypatch):
-    from ding_ext.demo_replay_buffer import DemoMixReplayBuffer  # noqa: F401  (registers demo_mix)
+    import ding_ext.demo_replay_buffer  # noqa: F401  (registers demo_mix)
     monkeypatch.chdir(tmp_path)
     d = str(tmp_path / 'demos')
     write_metadata(d, dict(control_mode='pd_ee_delta_pos'))
