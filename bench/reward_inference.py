@@ -154,11 +154,15 @@ def compiled_reference(batch: np.ndarray, device: torch.device, seconds: float, 
     return out
 
 
-def time_row(ours, base, rng, n: int, size: int, precision: str, layout, timing: dict) -> dict:
+def time_row(ours, base, rng, n: int, size: int, precision: str, layout, compile_: bool, timing: dict) -> dict:
     """One row: our two entry points and the plain baselines (this precision and fp32) on one uint8 batch."""
     device = timing['device']
     batch = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    row = dict(batch=n, size=size, precision=precision, channels_last=layout)
+    row = dict(batch=n, size=size, precision=precision, channels_last=layout, compile=compile_)
+    if ours is not None and compile_:  # the first call compiles: timed apart
+        t0 = time.perf_counter()
+        ours.compute_rewards(batch)
+        row['first_call_s'] = time.perf_counter() - t0
     fns = dict(baseline=baseline_fn(base, batch, device, DTYPES[precision]))
     if precision != 'fp32':
         fns['baseline_fp32'] = baseline_fn(base, batch, device, torch.float32)
@@ -177,7 +181,7 @@ def time_row(ours, base, rng, n: int, size: int, precision: str, layout, timing:
             row[f'{k}_ratio_fp32'] = row[k]['img_s'] / row['baseline_fp32']['img_s']
     g = lambda k: f"{row[k]['img_s']:9.1f}" if k in row else f"{'-':>9}"  # noqa: E731
     r = lambda k: f"{row[k]:.2f}" if k in row else '-'  # noqa: E731
-    print(f"{n:5d} {size:4d} {precision:>4} {str(layout):>6} {g('compute_rewards')} {g('estimate')} {g('baseline')} "
+    print(f"{n:5d} {size:4d} {precision:>4} {str(layout):>6} {str(compile_):>5} {g('compute_rewards')} {g('estimate')} {g('baseline')} "
           f"{g('baseline_fp32')} {r('compute_rewards_ratio'):>7} {r('estimate_ratio'):>8} "
           f"{r('compute_rewards_ratio_fp32'):>7}", flush=True)
     return row
@@ -195,18 +199,20 @@ def main() -> None:
     p.add_argument('--quick', action='store_true', help="short CPU check: fewer batches, seconds and warm-ups")
     p.add_argument('--channels-last', default='auto',
                    help="comma list of the model's channels_last settings to time: auto,true,false (default auto)")
-    p.add_argument('--compile', action='store_true', help="our model with compile=true (the first call compiles)")
+    p.add_argument('--compile', default='false',
+                   help="comma list of our model's compile settings to time: false,true (the first call compiles)")
     p.add_argument('--gpu-target', action='store_true',
                    help="the GPU target config: batch 256, 128 px, bf16, channels_last, compile")
     p.add_argument('--repeats', type=int, default=3, help="timed turns per function (the median is reported)")
     a = p.parse_args()
     if a.gpu_target:
-        a.batches, a.sizes, a.precisions, a.channels_last, a.compile = '256', '128', 'bf16', 'true', True
+        a.batches, a.sizes, a.precisions, a.channels_last, a.compile = '256', '128', 'bf16', 'true', 'true'
     device = torch.device(a.device)
     batches = [int(b) for b in (a.batches or ('1,16' if a.quick else '1,16,64,256')).split(',')]
     sizes = [int(s) for s in a.sizes.split(',')]
     precisions = a.precisions.split(',')
     layouts = [parse_layout(v) for v in a.channels_last.split(',')]
+    compiles = [{'true': True, 'false': False}[v.strip().lower()] for v in a.compile.split(',')]
     seconds = a.seconds if a.seconds is not None else (0.2 if a.quick else 1.0)
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
     out_path = a.out or os.path.join(ROOT, 'bench', 'results', f'reward_inference_{device.type}.json')
@@ -214,22 +220,22 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     result = dict(machine=machine(device), import_error=IMPORT_ERROR, rows=[], compiled_reference=None,
                   config=dict(batches=batches, sizes=sizes, precisions=precisions, seconds=seconds, warmup=warmup,
-                              channels_last=layouts, compile=a.compile, repeats=a.repeats, gpu_target=a.gpu_target,
+                              channels_last=layouts, compile=compiles, repeats=a.repeats, gpu_target=a.gpu_target,
                               model='resnet18, hidden_dim 256, random init', quick=a.quick,
                               command=' '.join(sys.argv)))
     print(json.dumps(result['machine']), flush=True)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     base = plain_model(device)
-    head = (f"{'batch':>5} {'size':>4} {'prec':>4} {'layout':>6} {'ours_cr':>9} {'ours_est':>9} {'base':>9} "
+    head = (f"{'batch':>5} {'size':>4} {'prec':>4} {'layout':>6} {'comp':>5} {'ours_cr':>9} {'ours_est':>9} {'base':>9} "
             f"{'base32':>9} {'cr/base':>7} {'est/base':>8} {'cr/b32':>7}")
     print(head, flush=True)
     for size in sizes:
         for precision in precisions:
-            for layout in layouts:
-                ours = ours_model(size, precision, device, layout, a.compile) if ResNetRewardModel else None
+            for layout, compile_ in ((lay, c) for lay in layouts for c in compiles):
+                ours = ours_model(size, precision, device, layout, compile_) if ResNetRewardModel else None
                 for n in batches:
-                    result['rows'].append(time_row(ours, base, rng, n, size, precision, layout, timing))
+                    result['rows'].append(time_row(ours, base, rng, n, size, precision, layout, compile_, timing))
                     write_json_atomic(out_path, result)
     if device.type == 'cuda':
         batch = rng.integers(0, 256, (256, 128, 128, 3), dtype=np.uint8)

@@ -75,6 +75,7 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
             attach_score(t)
         out = {k: t[k] for k in keys}
         out[DEMO_KEY] = is_demo
-        if SCORE_KEY in t:
-            out[SCORE_KEY] = t[SCORE_KEY]
+        for k in (IMAGE_KEY, SCORE_KEY):  # also where the other source lacks them (a frozen model's online
+            if k in t:                    # transitions are stored scored, without images: the demos still need theirs)
+                out[k] = t[k]
         return out
