@@ -1,18 +1,24 @@
 """Inference throughput (images/s) of ``ResNetRewardModel`` against a plain PyTorch model in the same process.
 
-For every batch size x image size x precision it times, on one random uint8 NHWC numpy batch (as an env yields it):
+For every batch size x image size x precision x channels_last setting it times, on one random uint8 NHWC numpy batch
+(as an env yields it):
   ours compute_rewards   ``model.compute_rewards(batch)``;
-  ours estimate          ``model.estimate(transitions)``, one transition per image (reward_mode='per_step');
+  ours estimate          ``model.estimate(transitions)``, one transition per image (reward_mode='per_step',
+                         score_once off: every call scores every image);
   baseline               torchvision resnet18 + the same head, eval, ``torch.no_grad()``, input prepared per call on
                          the CPU (uint8 -> float /255, NHWC -> NCHW, ImageNet mean/std, then to the device), fp32 or
                          bf16 autocast, probabilities back on the CPU.
-Model: resnet18, hidden_dim 256, random init; image_size [3, S, S] for S x S inputs. On CUDA a reference is added at
-batch 256 / 128 px: the baseline under torch.compile, channels_last, bf16 autocast, timed with the baseline's CPU
-preparation and with the uint8 batch moved to the GPU first (compile errors are recorded, not raised).
+The functions of a row are timed in turns (each repeat times all of them), so load from other processes hits them
+alike. Ratios: ``*_ratio`` against the baseline of the same precision, ``*_ratio_fp32`` against the fp32 baseline
+(the targets of issue 13 are stated against plain fp32). Model: resnet18, hidden_dim 256, random init; image_size
+[3, S, S] for S x S inputs. On CUDA a reference is added at batch 256 / 128 px: the baseline under torch.compile,
+channels_last, bf16 autocast, timed with the baseline's CPU preparation and with the uint8 batch moved to the GPU
+first (compile errors are recorded, not raised).
 
     python bench/reward_inference.py --device cuda                # full grid, 1 s per timed function
     python bench/reward_inference.py --device cpu --quick         # batches 1,16; 0.2 s per function
-    python bench/reward_inference.py --device cuda --batches 256 --sizes 224 --precisions bf16 --seconds 2
+    python bench/reward_inference.py --device cpu --batches 64 --sizes 128 --precisions fp32 --channels-last true,false
+    python bench/reward_inference.py --device cuda --gpu-target   # batch 256 / 128 px / bf16 / channels_last / compile
 
 Writes ``bench/results/reward_inference_<device>.json`` (``--out``) after every row. Without DI-engine (a bare GPU
 machine), install it from wheels first and put them on PYTHONPATH; if ``ding_ext`` still fails to import, the
@@ -21,7 +27,6 @@ traceback is printed and recorded, and the baseline rows are measured anyway.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,33 +56,11 @@ except Exception:  # noqa: BLE001  (a machine without a working DI-engine still 
             json.dump(obj, f, indent=2)
         os.replace(path + '.tmp', path)
 
+from bench.machine import machine  # noqa: E402
+
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-
-
-def machine(device: torch.device) -> dict:
-    model, flags = '', set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name') and not model:
-                    model = line.split(':', 1)[1].strip()
-                elif line.startswith('flags') and not flags:
-                    flags = set(line.split(':', 1)[1].split())
-    except OSError:
-        pass
-    model = model or platform.processor()
-    info = dict(cpu_model=model, cpu_count=os.cpu_count(), avx512_bf16='avx512_bf16' in flags,
-                amx=sorted(f for f in flags if f.startswith('amx')), python=platform.python_version(),
-                torch=torch.__version__, torchvision=torchvision.__version__, numpy=np.__version__,
-                torch_threads=torch.get_num_threads())
-    if IMPORT_ERROR is None:
-        import ding
-        info['ding'] = getattr(ding, '__version__', '?')
-    if device.type == 'cuda':
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
-    return info
 
 
 def plain_model(device: torch.device) -> nn.Module:
@@ -122,10 +105,38 @@ def throughput(fn, n_images: int, seconds: float, warmup: int, device: torch.dev
     return dict(img_s=statistics.median(rates), rates=rates, iters=iters)
 
 
-def ours_model(size: int, precision: str, device: torch.device):
+def ours_model(size: int, precision: str, device: torch.device, channels_last, compile_: bool):
     cfg = dict(type='resnet', arch='resnet18', hidden_dim=256, pretrained=False, image_size=[3, size, size],
-               precision=precision, reward_mode='per_step', inference_batch_size=256)
+               precision=precision, reward_mode='per_step', inference_batch_size=256, channels_last=channels_last,
+               compile=compile_, score_once=False)
     return ResNetRewardModel(cfg, device=str(device))
+
+
+def compare(fns: dict, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:
+    """``throughput`` of several functions, timed in turns: every repeat times each function once."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    iters = {}
+    for k, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        iters[k] = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
+    rates = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(iters[k]):
+                fn()
+            sync()
+            rates[k].append(n_images * iters[k] / (time.perf_counter() - t0))
+    return {k: dict(img_s=statistics.median(r), rates=r, iters=iters[k]) for k, r in rates.items()}
+
+
+def parse_layout(v: str):
+    return {'auto': 'auto', 'true': True, 'false': False}[v.strip().lower()]
 
 
 def compiled_reference(batch: np.ndarray, device: torch.device, seconds: float, warmup: int) -> dict:
@@ -143,6 +154,39 @@ def compiled_reference(batch: np.ndarray, device: torch.device, seconds: float, 
     return out
 
 
+def time_row(ours, base, rng, n: int, size: int, precision: str, layout, compile_: bool, timing: dict) -> dict:
+    """One row: our two entry points and the plain baselines (this precision and fp32) on one uint8 batch."""
+    device = timing['device']
+    batch = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    row = dict(batch=n, size=size, precision=precision, channels_last=layout, compile=compile_)
+    if ours is not None and compile_:  # the first call compiles: timed apart
+        t0 = time.perf_counter()
+        ours.compute_rewards(batch)
+        row['first_call_s'] = time.perf_counter() - t0
+    fns = dict(baseline=baseline_fn(base, batch, device, DTYPES[precision]))
+    if precision != 'fp32':
+        fns['baseline_fp32'] = baseline_fn(base, batch, device, torch.float32)
+    if ours is not None:
+        transitions = [dict(obs=np.zeros(4, np.float32), action=np.zeros(2, np.float32), reward=torch.zeros(1),
+                            done=False, reward_image=im) for im in batch]
+        fns['compute_rewards'] = lambda: ours.compute_rewards(batch)
+        fns['estimate'] = lambda: ours.estimate(transitions)
+    row.update(compare(fns, n, timing['seconds'], timing['warmup'], device, timing['repeats']))
+    row.setdefault('baseline_fp32', row['baseline'])
+    if ours is not None:
+        row['inference_network'] = ours.inference_network.description
+        row['compile_error'] = ours.inference_network.compile_error
+        for k in ('compute_rewards', 'estimate'):
+            row[f'{k}_ratio'] = row[k]['img_s'] / row['baseline']['img_s']
+            row[f'{k}_ratio_fp32'] = row[k]['img_s'] / row['baseline_fp32']['img_s']
+    g = lambda k: f"{row[k]['img_s']:9.1f}" if k in row else f"{'-':>9}"  # noqa: E731
+    r = lambda k: f"{row[k]:.2f}" if k in row else '-'  # noqa: E731
+    print(f"{n:5d} {size:4d} {precision:>4} {str(layout):>6} {str(compile_):>5} {g('compute_rewards')} {g('estimate')} {g('baseline')} "
+          f"{g('baseline_fp32')} {r('compute_rewards_ratio'):>7} {r('estimate_ratio'):>8} "
+          f"{r('compute_rewards_ratio_fp32'):>7}", flush=True)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
@@ -153,45 +197,46 @@ def main() -> None:
     p.add_argument('--warmup', type=int, default=None, help="warm-up calls per function (default 3; --quick: 1)")
     p.add_argument('--out', default=None)
     p.add_argument('--quick', action='store_true', help="short CPU check: fewer batches, seconds and warm-ups")
+    p.add_argument('--channels-last', default='auto',
+                   help="comma list of the model's channels_last settings to time: auto,true,false (default auto)")
+    p.add_argument('--compile', default='false',
+                   help="comma list of our model's compile settings to time: false,true (the first call compiles)")
+    p.add_argument('--gpu-target', action='store_true',
+                   help="the GPU target config: batch 256, 128 px, bf16, channels_last, compile")
+    p.add_argument('--repeats', type=int, default=3, help="timed turns per function (the median is reported)")
     a = p.parse_args()
+    if a.gpu_target:
+        a.batches, a.sizes, a.precisions, a.channels_last, a.compile = '256', '128', 'bf16', 'true', 'true'
     device = torch.device(a.device)
     batches = [int(b) for b in (a.batches or ('1,16' if a.quick else '1,16,64,256')).split(',')]
     sizes = [int(s) for s in a.sizes.split(',')]
     precisions = a.precisions.split(',')
+    layouts = [parse_layout(v) for v in a.channels_last.split(',')]
+    compiles = [{'true': True, 'false': False}[v.strip().lower()] for v in a.compile.split(',')]
     seconds = a.seconds if a.seconds is not None else (0.2 if a.quick else 1.0)
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
     out_path = a.out or os.path.join(ROOT, 'bench', 'results', f'reward_inference_{device.type}.json')
+    timing = dict(seconds=seconds, warmup=warmup, device=device, repeats=a.repeats)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     result = dict(machine=machine(device), import_error=IMPORT_ERROR, rows=[], compiled_reference=None,
                   config=dict(batches=batches, sizes=sizes, precisions=precisions, seconds=seconds, warmup=warmup,
-                              model='resnet18, hidden_dim 256, random init', quick=a.quick))
+                              channels_last=layouts, compile=compiles, repeats=a.repeats, gpu_target=a.gpu_target,
+                              model='resnet18, hidden_dim 256, random init', quick=a.quick,
+                              command=' '.join(sys.argv)))
     print(json.dumps(result['machine']), flush=True)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     base = plain_model(device)
-    head = f"{'batch':>5} {'size':>4} {'prec':>4} {'ours_cr':>9} {'ours_est':>9} {'base':>9} {'cr/base':>7} {'est/base':>8}"
+    head = (f"{'batch':>5} {'size':>4} {'prec':>4} {'layout':>6} {'comp':>5} {'ours_cr':>9} {'ours_est':>9} {'base':>9} "
+            f"{'base32':>9} {'cr/base':>7} {'est/base':>8} {'cr/b32':>7}")
     print(head, flush=True)
     for size in sizes:
         for precision in precisions:
-            ours = ours_model(size, precision, device) if ResNetRewardModel else None
-            for n in batches:
-                batch = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-                row = dict(batch=n, size=size, precision=precision)
-                row['baseline'] = throughput(baseline_fn(base, batch, device, DTYPES[precision]), n, seconds, warmup,
-                                             device)
-                if ours is not None:
-                    transitions = [dict(obs=np.zeros(4, np.float32), action=np.zeros(2, np.float32),
-                                        reward=torch.zeros(1), done=False, reward_image=im) for im in batch]
-                    row['compute_rewards'] = throughput(lambda: ours.compute_rewards(batch), n, seconds, warmup, device)
-                    row['estimate'] = throughput(lambda: ours.estimate(transitions), n, seconds, warmup, device)
-                    for k in ('compute_rewards', 'estimate'):
-                        row[f'{k}_ratio'] = row[k]['img_s'] / row['baseline']['img_s']
-                result['rows'].append(row)
-                write_json_atomic(out_path, result)
-                g = lambda k: f"{row[k]['img_s']:9.1f}" if k in row else f"{'-':>9}"  # noqa: E731
-                r = lambda k: f"{row[k]:.2f}" if k in row else '-'  # noqa: E731
-                print(f"{n:5d} {size:4d} {precision:>4} {g('compute_rewards')} {g('estimate')} {g('baseline')} "
-                      f"{r('compute_rewards_ratio'):>7} {r('estimate_ratio'):>8}", flush=True)
+            for layout, compile_ in ((lay, c) for lay in layouts for c in compiles):
+                ours = ours_model(size, precision, device, layout, compile_) if ResNetRewardModel else None
+                for n in batches:
+                    result['rows'].append(time_row(ours, base, rng, n, size, precision, layout, compile_, timing))
+                    write_json_atomic(out_path, result)
     if device.type == 'cuda':
         batch = rng.integers(0, 256, (256, 128, 128, 3), dtype=np.uint8)
         ref = result['compiled_reference'] = compiled_reference(batch, device, seconds, warmup)

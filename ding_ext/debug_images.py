@@ -1,4 +1,5 @@
-"""Debug image dump: each scored image goes to ``resnet_success/`` or ``resnet_fail/``.
+"""Debug image dump: each scored image goes to ``resnet_success/`` or ``resnet_fail/``, converted and PNG-encoded on
+a background thread (the scoring call only queues it).
 
 File names are ``{id:06d}_prob{p:.4f}.png``. Ids are never reused: the writer starts after the
 largest id already present in either folder, so a restart continues the sequence.
@@ -49,7 +50,9 @@ class DebugImageWriter:
                 idx = self._next_id
                 self._next_id += 1
             folder = self.success_dir if p > self.threshold else self.fail_dir
-            self._writer.submit(os.path.join(folder, f"{idx:06d}_prob{float(p):.4f}.png"), to_uint8_hwc(image))
+            # the conversion and the PNG encoding run on the writer thread, off the scoring path
+            self._writer.submit(os.path.join(folder, f"{idx:06d}_prob{float(p):.4f}.png"), image,
+                                convert=to_uint8_hwc)
 
     def flush(self) -> None:
         self._writer.flush()

@@ -123,7 +123,8 @@ class DemoBuffer:
     """Demonstration transitions sampled uniformly; scored once by a reward model, or as recorded.
 
     Until ``rescore`` is called, ``sample`` returns the recorded transitions, reward images included (a reward
-    model that scores sampled batches scores them). ``rescore(reward_model)`` gives every transition the reward
+    model that scores sampled batches scores them; with its ``score_once`` each keeps its probability, so our
+    entry leaves the demos unscored and lets the image reward model score them as they are sampled). ``rescore(reward_model)`` gives every transition the reward
     that model's ``estimate()`` gives it (per-step or terminal, combined with the env reward as its config says)
     and drops the images from what ``sample`` returns; ``rescore(None)`` keeps the env reward and drops the
     images. The recorded transitions are kept, so that a co-trained model can rescore them.

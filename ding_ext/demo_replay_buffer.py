@@ -5,10 +5,10 @@ Registered in DI-engine's ``BUFFER_REGISTRY``, so any off-policy entry that buil
 ``sample(n)`` returns ``n - round(n * demo_sample_ratio)`` online transitions and the rest from the
 demonstrations (``ding_ext.demo_episodes``), on the keys both have, each marked ``is_demo``.
 
-Scoring: ``entry.serial_pipeline_reward_model_offpolicy`` scores the demos with an image reward model
-once (``demos.rescore``; again after co-training rounds), as it scores online transitions when they
-enter the buffer. Unscored demos are returned with their reward images, so DI-engine's entry, which
-calls ``reward_model.estimate`` on every sampled batch, scores demo and online transitions alike.
+Scoring: sampled demos come with their reward images, and both entries (ours, and DI-engine's) call an image
+reward model's ``estimate`` on every sampled batch. The copies a sample returns share each stored transition's
+``StoredScore`` (``ding_ext.transitions``), so with ``score_once`` the probability ``estimate`` stores reaches the
+stored transition: a frozen model scores each demo and online image once, however often it is sampled.
 
     create_config.replay_buffer = dict(type='demo_mix', import_names=['ding_ext.demo_replay_buffer'])
     main_config.policy.other.replay_buffer = dict(replay_buffer_size=100000, demo_path='pickcube_demos',
@@ -20,6 +20,7 @@ from ding.utils import BUFFER_REGISTRY
 from ding.worker.replay_buffer.naive_buffer import NaiveReplayBuffer
 
 from .demo_episodes import DemoBuffer, load_demo_transitions
+from .transitions import IMAGE_KEY, SCORE_KEY, attach_score
 
 # set on every sampled transition: True for demonstrations
 DEMO_KEY = 'is_demo'
@@ -63,7 +64,18 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
             return None
         demos = self.demos.sample(n_demo)
         # the learner's collate needs one set of keys: this buffer adds its own (collect_iter, replay_unique_id, ...);
-        # DEMO_KEY marks the demonstrations (for a policy's behaviour-cloning term)
-        keys = (set(online[0]) & set(demos[0])) - {DEMO_KEY}
-        return [dict({k: t[k] for k in keys}, **{DEMO_KEY: False}) for t in online] + \
-            [dict({k: t[k] for k in keys}, **{DEMO_KEY: True}) for t in demos]
+        # DEMO_KEY marks the demonstrations (for a policy's behaviour-cloning term); the copies share the stored
+        # transitions' StoredScore, so a probability estimate() stores through them is kept
+        keys = (set(online[0]) & set(demos[0])) - {DEMO_KEY, SCORE_KEY}
+        return [self._copy(t, keys, False) for t in online] + [self._copy(t, keys, True) for t in demos]
+
+    @staticmethod
+    def _copy(t: Dict[str, Any], keys: set, is_demo: bool) -> Dict[str, Any]:
+        if IMAGE_KEY in t:  # a transition a reward model may score: its copies share its StoredScore
+            attach_score(t)
+        out = {k: t[k] for k in keys}
+        out[DEMO_KEY] = is_demo
+        for k in (IMAGE_KEY, SCORE_KEY):  # also where the other source lacks them (a frozen model's online
+            if k in t:                    # transitions are stored scored, without images: the demos still need theirs)
+                out[k] = t[k]
+        return out

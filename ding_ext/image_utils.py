@@ -2,10 +2,11 @@
 
 ``preprocess_images`` accepts a batch (or a single image) as numpy array or torch tensor, in NHWC or
 NCHW layout, uint8 in [0, 255] or float in [0, 1], and returns a float NCHW tensor on the target
-device, resized to ``image_size`` and optionally normalised with the ImageNet statistics. The uint8
-to float conversion and the resize happen once, on the target device.
+device, resized to ``image_size`` and optionally normalised with the ImageNet statistics. The batch moves to
+the target device as it comes (uint8 stays uint8: a quarter of float32's bytes), and the conversion, the resize
+and the normalisation (one fused pass, written in the requested memory format) run there, once per batch.
 """
-from typing import Optional, List, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -107,10 +108,11 @@ def to_nchw(images: ImageBatch, channels: int = 3) -> torch.Tensor:
     return parts[0]
 
 
-def _to_float01(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] NCHW -> float32 in [0, 1], with range and finiteness checks."""
+def _to_float(x: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """``(float32 tensor, scale)`` with ``tensor * scale`` in [0, 1]: uint8 [0, 255] is converted without dividing
+    (the 1/255 joins the normalisation's one pass), float [0, 1] is range- and finiteness-checked."""
     if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
+        return x.to(torch.float32), 1.0 / 255.0
     if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         x = x.to(torch.float32)
         if not torch.isfinite(x).all():
@@ -121,7 +123,7 @@ def _to_float01(x: torch.Tensor) -> torch.Tensor:
                 f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
                 "pass uint8 images in [0, 255] or divide by 255"
             )
-        return x
+        return x, 1.0
     raise ValueError(f"images must be uint8 or float, got dtype {x.dtype}")
 
 
@@ -146,23 +148,32 @@ def preprocess_images(
     batch, a float image with values outside [0, 1], NaN or infinite values, or an unsupported dtype.
     """
     c, h, w = int(image_size[0]), int(image_size[1]), int(image_size[2])
-    parts = []
+    parts, scales = [], []
     for x in _nchw_parts(images, channels=c):
-        x = _to_float01(x.to(device, non_blocking=True))
+        x = x.to(device, non_blocking=True)  # uint8 moves as uint8; everything below runs on the device
         if crop is not None:
-            x = crop_images(x, crop)
-        if x.shape[-2:] != (h, w):
+            x = crop_images(x, crop)  # a view, before the conversion
+        x, scale = _to_float(x)
+        if x.shape[-2:] != (h, w):  # linear, so it commutes with the scaling below
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
         parts.append(x)
+        scales.append(scale)
+    if len(set(scales)) > 1:  # uint8 and float images in one list
+        parts = [p * s for p, s in zip(parts, scales)]
+        scales = [1.0]
     x = parts[0] if len(parts) == 1 else torch.cat(parts)
+    # one pass: x * scale / std - mean / std (or x * scale), written in the requested memory format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
     if normalize:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    x = x.to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        torch.addcmul(-mean / std, x, scales[0] / std, out=out)
+    elif scales[0] != 1.0:
+        torch.mul(x, scales[0], out=out)
+    else:
+        out.copy_(x)
+    return out if dtype == torch.float32 else out.to(dtype)
 
 
 def check_crop(crop: Optional[Sequence[float]]) -> None:

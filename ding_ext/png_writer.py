@@ -1,7 +1,7 @@
 """PNG encoding off the caller's thread, with atomic file writes."""
 import queue
 import threading
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ class AsyncPngWriter:
     """
 
     def __init__(self, max_queue: int = 1024) -> None:
-        self._q: "queue.Queue[Optional[Tuple[str, np.ndarray, Optional[Callable[[], None]]]]]" = \
+        self._q: "queue.Queue[Optional[Tuple[str, Any, Optional[Callable[[], None]], Optional[Callable]]]]" = \
             queue.Queue(maxsize=max_queue)
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="png-writer", daemon=True)
@@ -50,8 +50,8 @@ class AsyncPngWriter:
                 if item is None:
                     return
                 if self._error is None:
-                    path, image, on_written = item
-                    write_png(path, image)
+                    path, image, on_written, convert = item
+                    write_png(path, np.asarray(image if convert is None else convert(image)))
                     if on_written is not None:
                         on_written()
             except BaseException as e:  # kept and re-raised by flush()
@@ -59,11 +59,13 @@ class AsyncPngWriter:
             finally:
                 self._q.task_done()
 
-    def submit(self, path: str, image_rgb: np.ndarray, on_written: Optional[Callable[[], None]] = None) -> None:
-        """Queue ``image_rgb`` for ``path``; ``on_written`` runs on the writer thread once the file is on disk."""
+    def submit(self, path: str, image_rgb: Any, on_written: Optional[Callable[[], None]] = None,
+               convert: Optional[Callable[[Any], np.ndarray]] = None) -> None:
+        """Queue ``image_rgb`` for ``path``; ``convert`` (to an HxWx3 uint8 RGB array, if given) and ``on_written``
+        (once the file is on disk) run on the writer thread, off the caller's."""
         if self._error is not None:
             raise self._error
-        self._q.put((path, np.asarray(image_rgb), on_written))
+        self._q.put((path, image_rgb if convert is not None else np.asarray(image_rgb), on_written, convert))
 
     def flush(self) -> None:
         self._q.join()

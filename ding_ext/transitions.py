@@ -1,5 +1,5 @@
 """Reading reward images and success labels out of DI-engine transitions."""
-from typing import Any, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import numpy as np
 import torch
@@ -8,15 +8,46 @@ import torch
 IMAGE_KEY = "reward_image"
 # where a transition holds the env's per-frame facts for the dataset sidecar (episode id, step, label facts)
 FRAME_INFO_KEY = "frame_info"
-# keys the learner must not receive (its collate cannot batch images or per-frame dicts of strings)
-NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY)
+# where a stored transition keeps its success probability (a ``StoredScore``) for the reward model's ``estimate()``
+SCORE_KEY = "reward_score"
+# keys the learner must not receive (its collate cannot batch images, per-frame dicts of strings or stored scores)
+NON_LEARNER_KEYS = (IMAGE_KEY, FRAME_INFO_KEY, SCORE_KEY)
 
 
-def strip_images(data: Iterable[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
-    """Shallow copies without the reward image and frame info (the learner's collate cannot batch them); transitions
-    without either are passed as they are."""
-    return [{k: v for k, v in t.items() if k not in NON_LEARNER_KEYS} if any(k in t for k in NON_LEARNER_KEYS)
-            else t for t in data]
+class StoredScore:
+    """A transition's success probability and the model version that gave it.
+
+    One mutable object per stored transition: shallow copies of the transition (a replay buffer's sampled batches)
+    share it, so a probability stored through a copy reaches the stored transition.
+    """
+    __slots__ = ('prob', 'version')
+
+    def __init__(self, prob: float = float('nan'), version: Any = None) -> None:
+        self.prob, self.version = prob, version
+
+    def __getstate__(self):
+        return self.prob, self.version
+
+    def __setstate__(self, state) -> None:
+        self.prob, self.version = state
+
+    def __repr__(self) -> str:
+        return f"StoredScore(prob={self.prob:.4f}, version={self.version!r})"
+
+
+def attach_score(transition: Dict[str, Any]) -> "StoredScore":
+    """The transition's ``StoredScore``, added (empty) when it has none."""
+    score = transition.get(SCORE_KEY)
+    if score is None:
+        score = transition[SCORE_KEY] = StoredScore()
+    return score
+
+
+def strip_images(data: Iterable[Mapping[str, Any]], keep_scores: bool = False) -> List[Mapping[str, Any]]:
+    """Shallow copies without the reward image, the frame info and (unless ``keep_scores``) the stored score (the
+    learner's collate cannot batch them); transitions without any of them are passed as they are."""
+    drop = tuple(k for k in NON_LEARNER_KEYS if not (keep_scores and k == SCORE_KEY))
+    return [{k: v for k, v in t.items() if k not in drop} if any(k in t for k in drop) else t for t in data]
 
 
 def lookup(transition: Mapping, key: str) -> Any:

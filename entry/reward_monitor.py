@@ -56,7 +56,8 @@ class RewardMonitor:
             return None
         images = [lookup(t, cfg.image_key) for t in frames]
         y = np.asarray([as_bool(lookup(t, cfg.success_key)) for t in frames], dtype=bool)
-        probs = self.model.predict_proba(images).numpy()
+        # stored with the transitions (score_once): a frozen model does not score them again as they enter the buffer
+        probs = self.model.transition_probs(frames, range(len(frames))).numpy()
         pred = probs > float(self.model.threshold)
         tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
         stats = {

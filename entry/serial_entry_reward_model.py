@@ -11,9 +11,12 @@ Compared with DI-engine 0.5.3's ``serial_pipeline_reward_model_onpolicy/offpolic
 - per-iteration agreement between the learned reward and env success (``reward_model/precision``,
   ``reward_model/recall``, ``reward_model/env_accuracy``), a reward-hacking alarm and hard-negative
   mining (``entry.reward_monitor``);
-- off-policy: an image reward scores each transition once, as it enters the replay buffer; a ``demo_mix`` buffer
-  (``ding_ext.demo_replay_buffer``) gets its demos scored once at start; ``policy.learn.utd_ratio`` sets the
-  updates per collected env step (RLPD);
+- off-policy: an image reward model's ``estimate()`` scores every sampled batch, and with ``score_once`` (its
+  default) each stored transition keeps its probability (``ding_ext.transitions.StoredScore``), so a frozen model
+  scores each image once: online transitions as they enter the replay buffer (their images then stay out of it),
+  the demos of a ``demo_mix`` buffer (``ding_ext.demo_replay_buffer``) when first sampled. A co-trained model
+  scores a stored transition again when it is sampled after the weights changed (the buffer keeps its images);
+  ``policy.learn.utd_ratio`` sets the updates per collected env step (RLPD);
 - ``<exp_name>/rerun_config.py``: a config that repeats the run (``entry.experiment_config``).
 
 Any reward model of DI-engine's registry runs; the image-specific steps apply to image reward models only.
@@ -100,12 +103,14 @@ def setup_workers(
             replay_buffer = create_buffer(cfg.policy.other.replay_buffer, tb_logger=tb_logger, exp_name=cfg.exp_name)
             made.append(replay_buffer)
         demos, stats = getattr(replay_buffer, 'demos', None), None
-        if demos is not None:  # scored once here, as online transitions are when they enter the buffer
-            demos.rescore(reward_model if isinstance(reward_model, BaseImageRewardModel) else None)
+        if demos is not None:
+            if not isinstance(reward_model, BaseImageRewardModel):
+                demos.rescore(None)  # the env reward without the images (another reward model scores sampled batches)
+            # else: the image reward model scores demos in the sampled batches (once each with score_once)
             logging.info(f"demo buffer: {len(demos)} transitions from {cfg.policy.other.replay_buffer.demo_path}")
             # a policy that can learn from the demos before RL (RLPD: learn.bc_pretrain_iterations) does so now
             pretrain = getattr(policy, 'pretrain_on_demos', None)
-            stats = pretrain(demos.scored) if pretrain is not None else None
+            stats = pretrain(demos.raw) if pretrain is not None else None
             if stats:
                 logging.info(f"actor pretrained on the demos: {stats}")
         collector_env = create_env_manager(cfg.env.manager, [partial(env_fn, cfg=c) for c in collector_env_cfg])
@@ -161,8 +166,8 @@ def close_replay_buffer(replay_buffer: Any) -> None:
 
 def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, history: Dict[str, Any]) -> None:
     """collect_data / train / clear_data on the new transitions; for an image reward model also the agreement with env
-    success (``RewardMonitor``) and, after it trained, a rescore of the demo buffer."""
-    rm, cfg = w.reward_model, w.cfg
+    success (``RewardMonitor``)."""
+    rm = w.reward_model
     if not w.image_reward:  # DI-engine's own reward models, called as DI-engine's entries call them
         if rm.cfg.get('cooptrain_reward', True):
             rm.collect_data(new_data)
@@ -174,11 +179,22 @@ def update_reward_model(w: Workers, new_data: List[Dict[str, Any]], count: int, 
     if stats is not None:
         history['agreement'].append({'train_iter': w.learner.train_iter, **stats})
     rm.collect_data(new_data)
-    trained = rm.train()
+    rm.train()
     rm.clear_data(count + 1)  # after every clear_buffer_per_iters iterations
-    every = int(cfg.policy.other.replay_buffer.get('demo_rescore_every', 10))
-    if trained is not None and w.demo_buffer is not None and (count + 1) % every == 0:
-        w.demo_buffer.rescore(rm)
+
+
+def to_store(w: Workers, new_data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The transitions as they enter the replay buffer. A frozen image reward model with ``score_once`` scores them
+    now (each keeps its probability) and they are stored without their images, which it never needs again; a
+    co-trained (or ``score_once: false``) model's transitions keep their images for scoring when sampled. Without an
+    image reward model the images stay out."""
+    if not w.image_reward:
+        return strip_images(new_data)
+    rm = w.reward_model
+    if rm.cfg.score_once and not rm.cfg.cooptrain_reward:
+        rm.estimate(new_data)
+        return strip_images(new_data, keep_scores=True)
+    return new_data
 
 
 def num_updates(cfg: EasyDict, new_env_steps: int) -> int:
@@ -213,7 +229,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     if not onpolicy and cfg.policy.get('random_collect_size', 0) > 0:
         from ding.entry.utils import random_collect
         random_collect(cfg.policy, w.policy, collector, collector._env, w.commander, w.replay_buffer,
-                       postprocess_data_fn=rm.estimate if w.image_reward else strip_images)
+                       postprocess_data_fn=partial(to_store, w))
     history = dict(eval=[], agreement=[], alarm_stop=False, demo_pretrain=w.demo_pretrain)
     best_return, count = -np.inf, 0
 
@@ -246,10 +262,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         if rm is not None:
             update_reward_model(w, new_data, count, history)
         if w.replay_buffer is not None:
-            # an image reward scores each transition once, as it enters the buffer (images stay out of it);
-            # other reward models score sampled batches, as DI-engine's entries do
-            w.replay_buffer.push(rm.estimate(new_data) if w.image_reward else strip_images(new_data),
-                                 cur_collector_envstep=collector.envstep)
+            w.replay_buffer.push(to_store(w, new_data), cur_collector_envstep=collector.envstep)
         for i in range(num_updates(cfg, collector.envstep - envstep_before)):
             if onpolicy:
                 train_data = new_data
@@ -258,7 +271,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
                 if train_data is None:
                     logging.warning(f"replay buffer holds too little data to train: stopped after {i} updates")
                     break
-            if rm is not None and not (w.image_reward and not onpolicy):
+            if rm is not None:  # an image reward model reuses the probabilities stored with the transitions
                 train_data = rm.estimate(train_data)
             if not w.image_reward:  # an image reward model's estimate() already left the images out
                 train_data = strip_images(train_data)

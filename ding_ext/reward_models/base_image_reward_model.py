@@ -2,11 +2,13 @@
 
 Subclasses provide ``build_network()`` (a module mapping a float NCHW batch to one logit per image)
 and ``network_metadata()``; this class does the rest: label collection, class-balanced BCE
-training, reward estimation in every ``reward_mode`` x ``combine_mode``, checkpoints, debug images.
+training, fast batched scoring (``ding_ext.inference_network``), checkpoints, debug images; reward
+estimation in every ``reward_mode`` x ``combine_mode`` comes from ``TransitionRewards``.
 """
 import copy
 import logging
 import os
+import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,9 +22,11 @@ from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
+from ..inference_network import InferenceNetwork, resolve_channels_last, weights_version
 from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
-from ..transitions import FRAME_INFO_KEY, as_bool, labelled_images, lookup
+from ..transitions import labelled_images
 from .reward_model_api import RewardModelAPI
+from .transition_rewards import TransitionRewards
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ COMBINE_MODES = ("replace", "add", "weighted")
 SOFT_REWARD_CHOICES = (False, True, "above_threshold")
 
 
-class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
+class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
     """Image success classifier as a DI-engine reward model (see ``config`` for every key)."""
 
     config = dict(
@@ -92,6 +96,17 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         max_buffer_size=20000,
         # (int) Images per forward pass in ``estimate()`` / ``compute_rewards()``.
         inference_batch_size=256,
+        # (bool|str) Score in the channels_last memory format: true | false | 'auto' (the choice measured per device
+        # type by bench/reward_inference.py, see ding_ext.inference_network.CHANNELS_LAST_AUTO).
+        channels_last='auto',
+        # (bool) Score with a torch.compile'd network (the first call compiles: 1-2 min on a 2-core CPU; a frozen
+        # model's weights are compiled in, about 2x eager on CPU); a compile failure falls back to eager with a
+        # warning naming the error.
+        compile=False,
+        # (bool) ``estimate()`` stores each transition's success probability with it (``reward_score``) and reuses
+        # it while the weights are unchanged: a frozen model scores each stored image once, a co-trained one again
+        # after it trained. False: every call scores its images (DI-engine's reward models do so).
+        score_once=True,
         # (str) Where a transition holds the reward image: a key, or a dotted path such as 'next_obs.image'.
         image_key='reward_image',
         # (str) Where a transition holds the env's success flag (the training label); also looked up in info.
@@ -138,7 +153,9 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         if self.cfg.precision == 'auto':
             logger.info("reward model precision 'auto' chose %s on %s: %s", precision, self.device, reason)
         self.dtype = PRECISIONS[precision]
-        self.network = self.build_network().to(self.device)
+        self.network = self.build_network()
+        self.to_device(self.device)
+        self._instance = uuid.uuid4().hex  # versions of stored probabilities name the model that gave them
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
         )
@@ -172,6 +189,22 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         threshold = self.threshold  # reward_threshold='auto' without a calibrated checkpoint fails here
         dbg = debug_dir_from(self.cfg.debug_save_dir)
         self.debug_writer = DebugImageWriter(dbg, threshold) if dbg else None
+
+    def to_device(self, device: Any = None) -> "BaseImageRewardModel":
+        """Move the network (and the optimiser state, precision choice: ``RewardModelAPI.to_device``) to ``device``
+        (None: stay); scoring then runs there on a fresh eval-mode copy (BatchNorm folded, channels_last as
+        configured for that device, maybe compiled), rebuilt whenever the weights change. Returns self."""
+        if device is None:
+            return self
+        if hasattr(self, 'optimizer'):
+            super().to_device(device)
+        else:  # while __init__ builds the model
+            self.device = torch.device(device)
+            self.network.to(self.device)
+        self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
+        self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile),
+                                                  freeze_weights=not self.cfg.cooptrain_reward)
+        return self
 
     def _load_seed_images(self, data_dir: str) -> None:
         from ..image_folder_dataset import scan_image_folder
@@ -228,6 +261,7 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         t = c.reward_threshold
         if t != 'auto' and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0):
             raise ValueError(f"reward_threshold must be a number in [0, 1] or 'auto', got {t!r}")
+        resolve_channels_last(c.channels_last, 'cpu')
         if int(c.batch_size) < 2:
             raise ValueError(f"batch_size must be >= 2 (half success, half failure), got {c.batch_size}")
 
@@ -258,7 +292,7 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
         """Validated float NCHW batch on the model's device (the one path for training and inference)."""
         return preprocess_images(
             images, self.cfg.image_size, self.cfg.normalize, self.device, torch.float32,
-            channels_last=self.device.type == 'cuda', crop=self.cfg.image_crop,
+            channels_last=self.channels_last, crop=self.cfg.image_crop,
             antialias=bool(self.cfg.resize_antialias)
         )
 
@@ -267,93 +301,29 @@ class BaseImageRewardModel(RewardModelAPI, BaseRewardModel):
             device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         )
 
+    @property
+    def model_version(self) -> tuple:
+        """Identifies this model's current weights: it changes with every training step and every load."""
+        return self._instance, weights_version(self.network)
+
     def predict_proba(self, images: Any) -> torch.Tensor:
-        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``."""
-        was_training = self.network.training
-        self.network.eval()
-        out = []
-        try:
-            with torch.inference_mode(), self._autocast():
-                n = len(images)
-                if n == 0:
-                    raise ValueError("empty image batch: no images to score")
-                step = int(self.cfg.inference_batch_size)
-                for i in range(0, n, step):
-                    x = self.preprocess_images(images[i:i + step])
-                    out.append(torch.sigmoid(self.network(x).float()).cpu())
-        finally:
-            self.network.train(was_training)
-        return torch.cat(out)
+        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``.
 
-    def apply_threshold(self, probs: torch.Tensor) -> torch.Tensor:
-        """Model reward from probabilities: p itself with use_soft_reward, p above the threshold (else 0) with
-        use_soft_reward='above_threshold', else success/fail_reward by threshold."""
-        probs = torch.as_tensor(probs, dtype=torch.float32)
-        if self.cfg.use_soft_reward == 'above_threshold':
-            return torch.where(probs > self.threshold, probs, torch.zeros_like(probs))
-        if self.cfg.use_soft_reward:
-            return probs.clone()
-        return torch.where(
-            probs > self.threshold,
-            torch.full_like(probs, float(self.cfg.success_reward)),
-            torch.full_like(probs, float(self.cfg.fail_reward)),
-        )
-
-    def combine(self, env_reward: torch.Tensor, model_reward: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        scaled = self.scale_reward(model_reward)
-        if c.combine_mode == 'replace':
-            return scaled
-        if c.combine_mode == 'add':
-            return env_reward + scaled
-        return c.env_reward_weight * env_reward + scaled
-
-    def compute_rewards(self, images: Any) -> torch.Tensor:
-        """Model reward (before combining with the env reward) for a batch of images."""
-        probs = self.predict_proba(images)
-        self._dump_debug(images, probs)
-        return self.apply_threshold(probs)
-
-    def _dump_debug(self, images: Any, probs: torch.Tensor) -> None:
-        if self.debug_writer is not None:
-            self.debug_writer.threshold = self.threshold  # follows a later load() of another checkpoint
-            self.debug_writer.write(images, probs.tolist())
-
-    # ------------------------------------------------------------------ DI-engine contract
-    def _image_of(self, transition: Mapping, index: int) -> Any:
-        image = lookup(transition, self.cfg.image_key)
-        if image is None:
-            raise KeyError(
-                f"transition {index} has no reward image at key {self.cfg.image_key!r} "
-                f"(reward_mode={self.cfg.reward_mode!r}); keys present: {sorted(transition.keys())}. "
-                "Make the env emit it (reward_render_mode) or set reward_model.image_key"
-            )
-        return image
-
-    def estimate(self, data: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Copies of ``data`` with ``reward`` replaced by the combined reward; ``data`` is left unchanged.
-
-        The reward image and the sidecar's ``frame_info`` are dropped from the copies (the learner does not need them).
+        Each batch is moved to the device as it comes (uint8 stays uint8), converted, resized and normalised there
+        in one pass, and scored by ``inference_network`` (the eval-mode fast copy of ``network``).
         """
-        if len(data) == 0:
-            return []
-        drop = {self.cfg.image_key, FRAME_INFO_KEY}  # the learner's collate cannot batch either
-        out = [{k: v for k, v in t.items() if k not in drop} for t in data]
-        if self.cfg.reward_mode == 'per_step':
-            idx = list(range(len(data)))
-        else:
-            idx = [i for i, t in enumerate(data) if as_bool(t.get('done', False))]
-        model_r = {}
-        if idx:
-            images = [self._image_of(data[i], i) for i in idx]
-            rewards = self.compute_rewards(images)
-            model_r = dict(zip(idx, rewards.tolist()))
-        for i, t in enumerate(out):
-            env_r = torch.as_tensor(data[i]['reward'], dtype=torch.float32)
-            r = torch.full_like(env_r, model_r.get(i, 0.0))
-            t['reward'] = self.combine(env_r, r)
-        return out
+        n = len(images)
+        if n == 0:
+            raise ValueError("empty image batch: no images to score")
+        out = []
+        step = int(self.cfg.inference_batch_size)
+        with torch.inference_mode(), self._autocast():
+            for i in range(0, n, step):
+                x = self.preprocess_images(images[i:i + step])
+                out.append(torch.sigmoid(self.inference_network(x).float()))
+        return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
 
+    # ---------------------------------------------------- DI-engine contract (estimate() is TransitionRewards')
     def collect_data(self, data: List[Dict[str, Any]]) -> None:
         """Keep (image, label) pairs from transitions that carry an image; label = the env's success flag."""
         if not self.cfg.cooptrain_reward:

@@ -84,7 +84,7 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         """The network's input: the sampled frames of each clip stacked on channels, [B, 3 * num_frames, H, W]."""
         x = self.preprocess_video(images)
         x = x.reshape(x.shape[0], -1, *x.shape[3:])
-        if self.device.type == 'cuda':
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -132,8 +132,6 @@ RLPD = dict(
         demo_path='pickcube_demos',
         # (float) fraction of each batch drawn from the demos (RLPD's symmetric sampling)
         demo_sample_ratio=0.5,
-        # (int) with a co-trained reward model: rescore the demos every this many iterations
-        demo_rescore_every=10,
     )),
 )
 

@@ -30,3 +30,13 @@ def separable_images(n, size=32, seed=0):
     base[:n, q:3 * q, q:3 * q, :] = rng.integers(180, 255, size=(n, 2 * q, 2 * q, 3), dtype=np.uint8)
     labels = np.array([1] * n + [0] * n, dtype=bool)
     return base, labels
+
+
+def count_forward_calls(model, calls):
+    """Append the batch size of every forward pass of ``model``'s scoring network to ``calls``."""
+    real = model.inference_network
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return real(x)
+    model.inference_network = counted

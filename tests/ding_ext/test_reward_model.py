@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import force_probability, make_model, separable_images
+from .helpers import count_forward_calls, force_probability, make_model, separable_images
 
 ENV_R = [0.1, -0.2, 0.3, 0.5]
 DONE = [False, False, False, True]
@@ -73,6 +73,7 @@ def test_terminal_mode_needs_image_only_on_done():
         del t['reward_image']
     out = model.estimate(data)
     assert [float(t['reward']) for t in out] == pytest.approx([0.1, -0.2, 0.3, 1.5])
+    data = transitions()  # fresh: the first call stored the done transition's probability with it
     del data[3]['reward_image']
     with pytest.raises(KeyError, match="reward_image"):
         model.estimate(data)
@@ -93,7 +94,7 @@ def test_estimate_is_batched_in_chunks():
     model = make_model(reward_mode='per_step', inference_batch_size=3)
     force_probability(model, 0.6)
     calls = []
-    model.network.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    count_forward_calls(model, calls)
     imgs = np.zeros((7, 32, 32, 3), np.uint8)
     data = [dict(reward=torch.tensor([0.0]), done=False, reward_image=imgs[i]) for i in range(7)]
     model.estimate(data)

@@ -114,7 +114,7 @@ def test_a_second_frame_detects_motion_a_single_frame_cannot():
         m = make_video_model(num_frames=frames, frame_sampling='last', fusion='early', image_size=[3, 24, 24],
                              learning_rate=1e-3)
         rng = np.random.default_rng(0)
-        for _ in range(40):
+        for _ in range(100):
             idx = rng.integers(0, len(train_x), 32)
             m.train_step(train_x[idx], torch.as_tensor(train_y[idx], dtype=torch.float32))
         pred = (m.predict_proba(test_x) > 0.5).numpy()

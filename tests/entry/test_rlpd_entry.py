@@ -97,6 +97,40 @@ def test_rlpd_half_demo_batches_utd_and_learned_per_step_reward(learned, demo_di
     assert os.path.isfile(os.path.join('exp', 'rerun_config.py'))
 
 
+def test_rlpd_frozen_reward_scores_each_image_once(demo_dir, tmp_path, monkeypatch):
+    """A frozen per-step classifier scores each online transition once, as it enters the buffer (stored without its
+    image), and each sampled demo once, when first sampled, however often the updates sample them."""
+    from ding_ext.demo_replay_buffer import DemoMixReplayBuffer
+    from ding_ext.reward_models import BaseImageRewardModel, ResNetRewardModel
+    from entry import serial_pipeline_reward_model_offpolicy
+    monkeypatch.chdir(tmp_path)
+    ckpt = ResNetRewardModel(dict(type='resnet', **MODEL), 'cpu').save(str(tmp_path / 'frozen.safetensors'))
+    main, create = rlpd_config(demo_dir, 'exp_frozen')
+    main.reward_model.checkpoint_path = ckpt
+    scored, demo_ids, pushed = [], set(), []
+    real_proba, real_sample, real_push = BaseImageRewardModel.predict_proba, DemoBuffer.sample, DemoMixReplayBuffer.push
+
+    def proba(self, images):
+        scored.append(len(images))
+        return real_proba(self, images)
+
+    def sample(self, n):
+        out = real_sample(self, n)
+        demo_ids.update(id(t['obs']) for t in out)
+        return out
+
+    def push(self, data, cur_collector_envstep=-1):
+        pushed.extend(data)
+        return real_push(self, data, cur_collector_envstep)
+
+    monkeypatch.setattr(BaseImageRewardModel, 'predict_proba', proba)
+    monkeypatch.setattr(DemoBuffer, 'sample', sample)
+    monkeypatch.setattr(DemoMixReplayBuffer, 'push', push)
+    policy = serial_pipeline_reward_model_offpolicy((main, create), seed=0, max_train_iter=20, cooptrain_reward=False)
+    assert policy.history['agreement'] and pushed and all('reward_image' not in t for t in pushed)
+    assert sum(scored) == len(pushed) + len(demo_ids) < 20 * 16  # fewer than the 20 updates' sampled images
+
+
 def test_demo_buffer_from_another_control_mode_is_refused(demo_dir, tmp_path, monkeypatch):
     from entry import serial_pipeline_reward_model_offpolicy
     monkeypatch.chdir(tmp_path)
