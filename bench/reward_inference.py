@@ -10,7 +10,7 @@ For every batch size x image size x precision x channels_last setting it times, 
                          bf16 autocast, probabilities back on the CPU.
 The functions of a row are timed in turns (each repeat times all of them), so load from other processes hits them
 alike. Ratios: ``*_ratio`` against the baseline of the same precision, ``*_ratio_fp32`` against the fp32 baseline
-(the targets of issue 13 are stated against plain fp32). Model: resnet18, hidden_dim 256, random init; image_size
+(the targets of issue 13 are stated against plain fp32). Model: resnet18, hidden_dim 256, random init, frozen (loaded from a checkpoint); image_size
 [3, S, S] for S x S inputs. On CUDA a reference is added at batch 256 / 128 px: the baseline under torch.compile,
 channels_last, bf16 autocast, timed with the baseline's CPU preparation and with the uint8 batch moved to the GPU
 first (compile errors are recorded, not raised).
@@ -29,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -106,10 +107,13 @@ def throughput(fn, n_images: int, seconds: float, warmup: int, device: torch.dev
 
 
 def ours_model(size: int, precision: str, device: torch.device, channels_last, compile_: bool):
+    """A frozen model (as in RL: loaded from a checkpoint, cooptrain_reward off; compile freezes its weights)."""
     cfg = dict(type='resnet', arch='resnet18', hidden_dim=256, pretrained=False, image_size=[3, size, size],
                precision=precision, reward_mode='per_step', inference_batch_size=256, channels_last=channels_last,
                compile=compile_, score_once=False)
-    return ResNetRewardModel(cfg, device=str(device))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = ResNetRewardModel(cfg, device='cpu').save(os.path.join(tmp, 'random_init.safetensors'))
+        return ResNetRewardModel(dict(cfg, checkpoint_path=ckpt, cooptrain_reward=False), device=str(device))
 
 
 def compare(fns: dict, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:

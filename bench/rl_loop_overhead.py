@@ -20,6 +20,7 @@ resnet18 classifier (random weights: speed does not depend on them; 64 px, as th
 
     python bench/rl_loop_overhead.py                        # ~5 min on 2 CPU cores
     python bench/rl_loop_overhead.py --collect-steps 100 --learner-seconds 20
+    python bench/rl_loop_overhead.py --parts learner --pool-steps 128 --out /tmp/learner.json
 
 Writes ``bench/results/rl_loop_overhead.json`` (``--out``) with a machine description. Demos (2 scripted episodes)
 and the classifier checkpoint are made once in ``--work-dir`` (bench/work/rl_loop).
@@ -166,6 +167,7 @@ def main() -> None:
     p.add_argument('--collect-steps', type=int, default=200, help="timed env steps per collector arm")
     p.add_argument('--learner-seconds', type=float, default=40.0, help="timed seconds per learner arm")
     p.add_argument('--pool-steps', type=int, default=384, help="transitions collected once for the learner arms")
+    p.add_argument('--parts', default='collector,learner', help="which parts to run (comma list)")
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'rl_loop'))
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'rl_loop_overhead.json'))
     a = p.parse_args()
@@ -180,14 +182,15 @@ def main() -> None:
                   config=dict(collect_steps=a.collect_steps, learner_seconds=a.learner_seconds, model_size=MODEL_SIZE,
                               pool_steps=a.pool_steps, model='resnet18, hidden_dim 256, random init, frozen'))
     print(json.dumps(result['machine']), flush=True)
-    for arm in ('none', 'terminal', 'per_step'):
+    parts = a.parts.split(',')
+    for arm in ('none', 'terminal', 'per_step') if 'collector' in parts else ():
         row = collector_rate(arm, prep, exp_dir, a.collect_steps)
         result['collector'].append(row)
         write_json_atomic(a.out, result)
         print(f"collector {arm:>9}: {row['env_steps_per_s']:6.2f} env steps/s ({row['env_steps']} in "
               f"{row['seconds']:.1f} s)", flush=True)
-    pool = transition_pool(prep, exp_dir, a.pool_steps)
-    for score_once in (True, False):
+    pool = transition_pool(prep, exp_dir, a.pool_steps) if 'learner' in parts else []
+    for score_once in (True, False) if 'learner' in parts else ():
         row = learner_rate(score_once, copy.copy(pool), prep, exp_dir, a.learner_seconds)
         result['learner'].append(row)
         write_json_atomic(a.out, result)
@@ -197,8 +200,9 @@ def main() -> None:
     c = {r['arm']: r['env_steps_per_s'] for r in result['collector']}
     lr = {r['score_once']: r['updates_per_s'] for r in result['learner']}
     result['ratios'] = dict(collector_terminal_vs_none=c['terminal'] / c['none'],
-                            collector_per_step_vs_none=c['per_step'] / c['none'],
-                            learner_score_once_vs_every_batch=lr[True] / lr[False])
+                            collector_per_step_vs_none=c['per_step'] / c['none']) if c else {}
+    if lr:
+        result['ratios']['learner_score_once_vs_every_batch'] = lr[True] / lr[False]
     write_json_atomic(a.out, result)
     print(json.dumps(result['ratios'], indent=1))
     print(f"wrote {a.out}")

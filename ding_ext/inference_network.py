@@ -87,14 +87,13 @@ class InferenceNetwork:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._eager = self._net = net
-        parts = [how, 'channels_last' if self.channels_last else 'NCHW']
+        self.description = f"{how}, {'channels_last' if self.channels_last else 'NCHW'}"
         if self.compile:
             try:
                 self._net = torch.compile(net, options=dict(freezing=True) if self.freeze_weights else None)
-                parts.append('torch.compile, weights frozen' if self.freeze_weights else 'torch.compile')
+                self.description += ', torch.compile' + (' (weights frozen)' if self.freeze_weights else '')
             except Exception as e:  # noqa: BLE001
                 self._compile_failed(e)
-        self.description = ', '.join(parts)
         self._version = weights_version(self.network)
 
     def _compile_failed(self, error: BaseException) -> None:
