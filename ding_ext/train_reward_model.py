@@ -35,6 +35,7 @@ import copy
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from easydict import EasyDict
 
-from .checkpoint_io import save_checkpoint, write_json_atomic
+from .checkpoint_io import atomic_write, save_checkpoint, write_json_atomic
 from .distributed import (
     DistContext, barrier, broadcast_from_main, full_state_dict, init_distributed, is_sharded, shutdown,
     wrap_for_training
@@ -233,8 +234,9 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
         def save_weights(paths: Sequence[str]) -> None:
             state = full_state_dict(model.network, strategy, ctx)  # under FSDP every process takes part
             if ctx.is_main:
-                for path in paths:
-                    save_checkpoint(path, state, meta)
+                save_checkpoint(paths[0], state, meta)
+                for path in paths[1:]:  # the same bytes
+                    atomic_write(path, lambda tmp: shutil.copyfile(paths[0], tmp))
 
         def validate(epoch: int, step: int) -> bool:
             """Validate, write last (and best) model, log; True when early stopping says stop (on every rank)."""
@@ -314,35 +316,22 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
         logger.warning("store_threshold: no validation split to pick a threshold on; nothing stored")
 
     result = dict(
-        best_path=best_path,
-        last_path=last_path,
-        best_val=best['val'],
-        best_epoch=best['epoch'],
-        best_step=best['step'],
-        best_score=best['score'],
-        monitor=monitor,
-        epochs_run=epochs_run,
-        steps_run=step,
+        best_path=best_path, last_path=last_path,
+        best_val=best['val'], best_epoch=best['epoch'], best_step=best['step'], best_score=best['score'],
+        monitor=monitor, epochs_run=epochs_run, steps_run=step,
         stopped_early=stop and step < epochs * sampler.steps_per_epoch,
         history=history,
         num_images=scan.num_images,
-        num_train=len(train_set),
-        num_val=len(val_set),
-        skipped=len(scan.skipped_files),
-        skipped_files=list(scan.skipped_files),
-        train_files=list(train_set.files),
-        val_files=list(val_set.files),
+        num_train=len(train_set), num_val=len(val_set),
+        skipped=len(scan.skipped_files), skipped_files=list(scan.skipped_files),
+        train_files=list(train_set.files), val_files=list(val_set.files),
         metadata=meta,
-        save_dir=save_dir,
-        data_dir=data_dir,
+        save_dir=save_dir, data_dir=data_dir,
         balance=opts['balance'],
         pos_weight=pos_weight,
-        world_size=ctx.world_size,
-        strategy=strategy if ctx.distributed else None,
-        micro_batch_size=micro,
-        accumulation_steps=accumulation,
-        num_workers=loaders.num_workers,
-        pin_memory=loaders.pin_memory,
+        world_size=ctx.world_size, strategy=strategy if ctx.distributed else None,
+        micro_batch_size=micro, accumulation_steps=accumulation,
+        num_workers=loaders.num_workers, pin_memory=loaders.pin_memory,
         images_per_s=step * bs / max(train_time, 1e-9),
         options=dict(opts),
         model_config=model_overrides,

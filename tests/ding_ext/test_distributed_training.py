@@ -25,13 +25,13 @@ from .test_train_reward_model import write_dataset
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 48 images of 32 px, 36 for training: 2 optimiser steps of 32 images per epoch, micro-batches of 8 (4 per step in one
 # process, 2 per process with two); dropout and the random shift on, so their seeding is part of what is compared
-COMMON = ['epochs=3', 'batch_size=32', 'micro_batch_size=8', 'val_split=0.25', 'progress=false',
+COMMON = ['epochs=2', 'batch_size=32', 'micro_batch_size=8', 'val_split=0.25', 'progress=false',
           'model.image_size=[3,32,32]', 'model.hidden_dim=16', 'model.dropout=0.1']
 # Tolerance of "the same weights": the runs differ only in the order of float sums (two partial gradients
 # all-reduced instead of one accumulation; BatchNorm statistics merged over processes), so every parameter must agree
-# to 2e-5 (observed: 1.1e-6; Adam's normalised step, lr 1e-4, lets rounding on a near-zero gradient grow), BatchNorm
-# running statistics to 2e-5 relative (observed: 9e-7), the logged losses to 1e-5. Other micro-batches (BatchNorm
-# sees other batches) move the weights by more than 1e-3.
+# to 2e-5 (observed: 1e-6; Adam's normalised step, lr 1e-4, lets rounding on a near-zero gradient grow), BatchNorm
+# running statistics to 2e-5 relative (observed: 1e-6), the logged losses to 1e-5. Training moves the weights by
+# 20x the tolerance and more.
 WEIGHT_ATOL, STATS_RTOL, LOSS_ATOL = 2e-5, 2e-5, 1e-5
 
 
@@ -68,21 +68,20 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
     options = parse_overrides(COMMON)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same float summation order
-    try:  # the one-process runs, while torchrun's processes start
+    try:  # the one-process run, while torchrun's processes start
         one = train_reward_model(data, save_dir=str(tmp_path / 'one'), **options)
-        other = train_reward_model(data, save_dir=str(tmp_path / 'other'), **dict(options, micro_batch_size=16))
     finally:
         torch.set_num_threads(threads)
         stdout, stderr = torchrun.communicate(timeout=600)
     assert torchrun.returncode == 0, f"torchrun failed ({torchrun.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
-    assert one['world_size'] == 1 and one['accumulation_steps'] == 4 and one['steps_run'] == 6
+    assert one['world_size'] == 1 and one['accumulation_steps'] == 4 and one['steps_run'] == 4
 
     assert stdout.count('reward model: best epoch') == len(STRATEGIES)  # rank 0 alone prints the summary line
     for strategy in STRATEGIES:
         out = tmp_path / strategy
         summary = json.loads((out / 'train_summary.json').read_text())
         assert summary['world_size'] == 2 and summary['strategy'] == strategy
-        assert summary['accumulation_steps'] == 2 and summary['micro_batch_size'] == 8 and summary['steps_run'] == 6
+        assert summary['accumulation_steps'] == 2 and summary['micro_batch_size'] == 8 and summary['steps_run'] == 4
         assert len([f for f in os.listdir(out / 'tb') if 'tfevents' in f]) == 1  # one writer, on rank 0
         assert not [f for f in os.listdir(out) if f.startswith('.tmp-')]
         assert (out / 'fidelity_val' / 'report.json').is_file()
@@ -96,9 +95,13 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
                 assert theirs[key] == pytest.approx(mine[key], abs=LOSS_ATOL), (strategy, key)
         assert summary['best_epoch'] == one['best_epoch']
 
-    # the agreement is not trivial: other micro-batches (BatchNorm sees other batches) give other weights
-    params, _, _ = weight_differences(one['last_path'], other['last_path'])
-    assert params > 50 * WEIGHT_ATOL, params
+    # the agreement is not trivial: training moved the weights far more than the tolerance
+    torch.manual_seed(0)  # as the trainer (seed=0) right before it builds the model: the initial weights
+    init = make_model(dropout=0.1)
+    trained = load_checkpoint(one['last_path'])[0]
+    moved = max((trained[k] - v).abs().max().item() for k, v in init.network.state_dict().items()
+                if 'running' not in k and 'num_batches' not in k)
+    assert moved > 20 * WEIGHT_ATOL, moved
 
 
 @pytest.mark.parametrize('balance', ['sampler', 'pos_weight', 'none'])
