@@ -87,7 +87,7 @@ def test_collection_during_ppo_training_and_restart(tmp_path, monkeypatch):
     assert meta == {'control_mode': 'pd_joint_delta_pos', 'reward_render_mode': 'episode_end',
                     'show_goal_site': True, 'env_image_size': [3, 64, 64], 'reward_camera': 'base_camera',
                     'reward_camera_pose': {'eye': [0.45, 0.25, 0.2], 'target': [0.0, 0.0, 0.15]},
-                    'reward_camera_fov': 0.9}
+                    'reward_camera_fov': 0.9, 'reward_frames': 1, 'reward_frame_stride': 1}
     # the sidecar: one row per PNG with the episode, the step and the facts behind the env's label
     rows = read_sidecar('data')  # (no success class yet: nothing to scan for training)
     assert sorted(rows) == [f'failure/{i:04d}.png' for i in range(1, n_fail + 1)]

@@ -44,9 +44,12 @@ def test_offpolicy_entry_with_a_frozen_vlm_reward(tiny_qwen_vl, tmp_path, monkey
                 assert r == 0.0  # terminal mode: only the last transition of an episode is judged
                 continue
             n_done += 1
-            image = t_in['reward_image']
-            assert image.shape == (64, 64, 3)
-            p = float(model.predict_proba([image])[0])
+            if 'reward_image' in t_in:
+                assert t_in['reward_image'].shape == (64, 64, 3)
+                p = float(model.predict_proba([t_in['reward_image']])[0])
+            else:  # stored in the replay buffer without its image: scored once, as it entered
+                assert t_in['reward_score'].version == model.model_version
+                p = t_in['reward_score'].prob
             assert r == (SUCCESS_R if p > 0.5 else FAIL_R)
     assert n_done > 0
     assert not os.path.exists(os.path.join('exp_vlm', 'reward_model'))  # the weights stay in model_path
