@@ -26,10 +26,8 @@ measured anyway.
 """
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 import traceback
 
 import numpy as np
@@ -42,7 +40,7 @@ for path in (ROOT, BENCH):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from reward_inference import IMPORT_ERROR, MEAN, STD, machine, plain_model, write_json_atomic  # noqa: E402
+from reward_inference import IMPORT_ERROR, MEAN, STD, compare, machine, plain_model, write_json_atomic  # noqa: E402
 
 if IMPORT_ERROR is None:
     from ding_ext.distributed import DistContext
@@ -54,30 +52,6 @@ if IMPORT_ERROR is None:
     from ding_ext.train_step import GlobalBatchStep
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-
-
-def interleaved(fns: dict, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 5) -> dict:
-    """images/s of each function, timed in turns (baseline, ours, ... then again) so that a change of machine load
-    hits all of them alike: ``repeats`` rounds of about seconds/repeats per function; the median round counts."""
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    iters = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        iters[name] = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
-    rates = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(iters[name]):
-                fn()
-            sync()
-            rates[name].append(n_images * iters[name] / (time.perf_counter() - t0))
-    return {name: dict(img_s=statistics.median(r), rates=r, iters=iters[name]) for name, r in rates.items()}
 
 
 def baseline_step(net, optimizer, device, dtype):
@@ -179,7 +153,7 @@ def main() -> None:
     n_epoch = len(images)
 
     def record(kind: str, precision: str, fns: dict, n: int) -> None:
-        timed = interleaved(fns, n, seconds, warmup, device)
+        timed = compare(fns, n, seconds, warmup, device, repeats=5)  # timed in turns, as the inference bench does
         base = next(iter(timed.values()))['img_s']
         for name, t in timed.items():
             row = dict(kind=kind, name=name, precision=precision, batch=batch, size=size, ratio=t['img_s'] / base, **t)
