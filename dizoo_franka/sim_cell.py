@@ -16,6 +16,9 @@ Frame protocol (TCP, loopback): the client sends the single byte ``b"F"``; the c
 and answers with a header ``struct.pack("!IHHH", n_bytes, height, width, channels)`` followed by ``n_bytes`` of
 row-major RGB uint8. Any other request byte closes the connection. SIGTERM / SIGINT stop the cell cleanly.
 
+While a motion runs, the cell steps in lockstep with the client (``start_lockstep``): on a loaded machine
+simulated time runs slower than wall time instead of dropping the client's commands.
+
 A collision reflex (``sim_cell_reflex``) aborts the running motion when the robot presses on the board with more
 than ``--reflex-force`` newtons, as the real robot's controller does; ``recover_from_errors`` clears it.
 """
@@ -23,11 +26,13 @@ import argparse
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import struct
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -229,7 +234,45 @@ def start_frame_process(sim, image_size: int, port: int):
     return process, receiver.recv()
 
 
-def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None, reflex_force: float = 60.0) -> None:
+def _udp_socket(robot_server):
+    return robot_server._FrankaServer__udp_socket  # franky-sim's (name-mangled) per-client UDP socket
+
+
+def start_lockstep(server, command_wait_s: float = 0.1) -> None:
+    """Run franky-sim's 1 kHz loop in lockstep with the client while a motion runs.
+
+    franky-sim's own loop (``SimulationServer.run_async``) steps every millisecond of wall time whether or not the
+    client has answered the last state, as the real robot does. A client on a loaded non-realtime machine then
+    misses states ("packets lost in a row"): the cell repeats the last command, then jumps, and the commanded
+    velocity and acceleration it reports (which franky starts every new motion from) spike. Motions replaced in
+    flight then overshot their targets by centimetres, or franky's planner failed (error -111). The real robot's
+    controller would stop with ``communication_constraints_violation`` instead; the cell waits: while a motion
+    runs, after sending a state it waits up to ``command_wait_s`` for the client's command before the next
+    physics step. Simulated time then runs slower than wall time on a loaded machine, and every state gets its
+    command, as on a robot PC with a realtime kernel. Idle (no motion), the loop keeps franky-sim's 1 kHz pace.
+    """
+    robot_servers, sim = server.robot_servers, server.sim
+
+    def loop() -> None:
+        while server.running:
+            start = time.monotonic()
+            for robot_server in robot_servers:
+                robot_server.process_commands()
+            sim.step()
+            for robot_server in robot_servers:
+                robot_server.send_state()
+            waiting = [s for s in (_udp_socket(rs) for rs in robot_servers if rs.current_motion_id) if s is not None]
+            if waiting:
+                select.select(waiting, [], [], command_wait_s)
+            time.sleep(max(0.0, 0.001 - (time.monotonic() - start)))
+
+    server.running = True
+    server.async_thread = threading.Thread(target=loop, daemon=True, name="sim_cell lockstep")
+    server.async_thread.start()
+
+
+def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None, reflex_force: float = 60.0,
+             lockstep: bool = True) -> None:
     """Start physics, robot server and frame server; print READY; block until SIGTERM/SIGINT."""
     from franky_sim import SimulationServer
 
@@ -241,7 +284,10 @@ def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None, 
     if reflex_force > 0:
         CollisionReflex(sim, server.robot_servers[0], BOARD_GEOMS, force_threshold=reflex_force)
     frames, frames_port = start_frame_process(sim, image_size, camera_port)
-    server.run_async()
+    if lockstep:
+        start_lockstep(server)
+    else:
+        server.run_async()
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -254,6 +300,7 @@ def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None, 
         "board_top_z": BOARD_TOP_Z,
         "inserted_tcp_z": inserted_tcp_z(),
         "reflex_force": reflex_force,
+        "lockstep": lockstep,
         "pid": os.getpid(),
     }
     print("READY " + json.dumps(ready), flush=True)
@@ -275,9 +322,11 @@ def main(argv=None) -> None:
     parser.add_argument("--hostname", default=None, help="loopback address for the robot server (default: auto)")
     parser.add_argument("--reflex-force", type=float, default=60.0,
                         help="robot-board contact force (N) that triggers a collision reflex (0: never)")
+    parser.add_argument("--no-lockstep", dest="lockstep", action="store_false",
+                        help="step every millisecond of wall time, answered or not (franky-sim's own loop)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    run_cell(args.camera_port, args.image_size, args.hostname, args.reflex_force)
+    run_cell(args.camera_port, args.image_size, args.hostname, args.reflex_force, args.lockstep)
     # everything is stopped and closed: skip the interpreter's teardown of mujoco / EGL / pinocchio, which crashed
     # (SIGSEGV) or stalled for more than 20 s on a loaded machine
     sys.stdout.flush()

@@ -47,6 +47,7 @@ STATE_KEYS = ('tcp_pos', 'tcp_quat', 'tcp_lin_vel', 'tcp_ang_vel', 'gripper_widt
 STATE_DIM = 3 + 4 + 3 + 3 + 1
 GRIPPER_MAX_WIDTH = 0.08  # metres, Franka Hand
 RESET_SETTLE_TIMEOUT_S = 10.0
+PLANNER_FAILURE = 'Motion planner failed'  # franky's RuntimeError when its trajectory planner (Ruckig) fails
 
 
 def _lost_connection_errors() -> tuple:
@@ -288,8 +289,12 @@ class FrankaEnv(BaseEnv):
                 sent = self._send_action(action, franky, info)
                 time.sleep(max(0.0, self._next_tick - time.monotonic()))
                 self.robot.poll_motion()  # raises the errors of the running motion (reflexes included)
-            except (franky.ControlException, franky.CommandException) as e:
-                # a reflex or a rejected command: the robot stopped; recover and end the episode (truncated)
+            except (franky.ControlException, franky.CommandException, RuntimeError) as e:
+                # a reflex, a rejected command or a failed trajectory plan (franky's RuntimeError "Motion planner
+                # failed"): the motion stopped; recover and end the episode (truncated). Other RuntimeErrors (the
+                # lost connection's "Net Exception" included) go on to the handler below.
+                if isinstance(e, RuntimeError) and not str(e).startswith(PLANNER_FAILURE):
+                    raise
                 error = f"{type(e).__name__}: {e}"
                 info['recovered'] = self._recover()
                 sent = np.zeros_like(action) if 'action_sent' not in info else info['action_sent']
