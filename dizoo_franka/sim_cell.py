@@ -281,8 +281,9 @@ def run_cell(camera_port: int = 0, image_size: int = 128, hostname: str = None, 
     kwargs = {} if hostname is None else {"hostname_candidates": [hostname]}
     server = SimulationServer(sim, **kwargs)
     server.init()  # binds the robot (and gripper) servers and builds the MuJoCo model
-    if reflex_force > 0:
-        CollisionReflex(sim, server.robot_servers[0], BOARD_GEOMS, force_threshold=reflex_force)
+    # also reports the board's contact force as the robot's external force estimate; reflex_force 0: no reflex
+    CollisionReflex(sim, server.robot_servers[0], BOARD_GEOMS,
+                    force_threshold=reflex_force if reflex_force > 0 else float("inf"))
     frames, frames_port = start_frame_process(sim, image_size, camera_port)
     if lockstep:
         start_lockstep(server)

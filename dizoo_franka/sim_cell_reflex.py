@@ -1,4 +1,5 @@
-"""A collision reflex for the sim cell, as the real robot has one (franky-sim itself simulates no errors).
+"""A collision reflex for the sim cell, as the real robot has one (franky-sim itself simulates no errors), and
+the robot's external force estimate (``O_F_ext_hat_K``) from the contacts with the board.
 
 When the contact force between the robot (peg, hand, fingers) and the board exceeds ``force_threshold`` newtons
 during a motion, the cell does what the robot's controller does on a Cartesian collision reflex:
@@ -32,6 +33,7 @@ class CollisionReflex:
         self.sim, self.server = sim, robot_server
         self.force_threshold = float(force_threshold)
         self.active = False  # in reflex until an error recovery
+        self._armed = True
         self.count = 0
         from franky_sim.franka_server import BaseCommand
         self._protocol = (MoveStatus, RobotCommand, RobotMode)
@@ -45,6 +47,7 @@ class CollisionReflex:
                 robot_body_prefix)
         }
         self._force = np.zeros(6)
+        self.external_force = np.zeros(3)  # of the board on the robot (N, world frame), after the last step
         reflex = self
 
         class RecoveryCommand(AutomaticErrorRecoveryCommand):
@@ -67,31 +70,38 @@ class CollisionReflex:
         robot_server._get_state_bytes = self._state_bytes
         sim.register_post_step_callback(self._check)
 
-    def contact_force(self) -> float:
-        """Total normal force (N) of the contacts between robot geoms and board geoms."""
+    def contact_force(self):
+        """(total normal force (N), force vector (N, world frame) of the board on the robot) over their contacts."""
         import mujoco
         model, data = self.sim.model, self.sim.data
-        total = 0.0
+        normal, vector = 0.0, np.zeros(3)
         for i in range(data.ncon):
             contact = data.contact[i]
-            pair = {int(contact.geom1), int(contact.geom2)}
-            if pair & self._board and pair & self._robot:
+            geom1, geom2 = int(contact.geom1), int(contact.geom2)
+            if {geom1, geom2} & self._board and {geom1, geom2} & self._robot:
                 mujoco.mj_contactForce(model, data, i, self._force)
-                total += abs(float(self._force[0]))
-        return total
+                normal += abs(float(self._force[0]))
+                # the contact frame's rows are world vectors (normal from geom1 to geom2); the force acts on geom2
+                on_geom2 = np.asarray(contact.frame).reshape(3, 3).T @ self._force[:3]
+                vector += on_geom2 if geom2 in self._robot else -on_geom2
+        return normal, vector
 
     def _check(self, sim) -> None:
         """Post-step callback (physics thread, the same thread that serves the protocol)."""
+        force, self.external_force = self.contact_force() if self.sim.data.ncon else (0.0, np.zeros(3))
+        if force <= self.force_threshold:
+            self._armed = True
         if self.active or not self.server.current_motion_id:
             return
-        force = self.contact_force()
-        if force > self.force_threshold:
+        # armed again only once the force fell below the threshold: the arm that stopped pressing on the board
+        # can lift off it (its first millisecond still presses harder than the threshold)
+        if force > self.force_threshold and self._armed:
             self.trigger(f"contact force {force:.0f} N with the board > {self.force_threshold:.0f} N")
 
     def trigger(self, reason: str) -> None:
         MoveStatus, RobotCommand, _ = self._protocol
         server, motion_id = self.server, self.server.current_motion_id
-        self.active = True
+        self.active, self._armed = True, False
         self.count += 1
         server.stop_motion(send_preemption_signal=False)
         server._FrankaRobotServer__holding_q = tuple(server.robot.inner_state.q)  # stop where it is
@@ -106,7 +116,9 @@ class CollisionReflex:
         self.active = False
 
     def _state_bytes(self) -> bytes:
-        state = self.server.robot_state
+        # libfranka's external wrench estimate O_F_ext_hat_K is what the robot exerts on its surroundings (the
+        # negative of their force on it); franky-sim reports zeros, the cell reports the board's contact forces
+        state = self.server.robot_state.replace(O_F_ext_hat_K=tuple(-self.external_force) + (0.0, 0.0, 0.0))
         if self.active:
             errors = tuple(i == CARTESIAN_REFLEX for i in range(N_ERRORS))
             state = state.replace(robot_mode=self._protocol[2].kReflex, errors=errors, reflex_reason=errors)

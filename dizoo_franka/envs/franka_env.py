@@ -9,7 +9,9 @@ with Cartesian steps until the peg sits in the hole, which is the TCP pose ``tar
 **Success conditions.** The TCP is within ``success_pos_tol`` metres and ``success_rot_tol`` radians of
 ``target_ee_pose`` (``info['at_target']``) for ``success_hold_steps`` consecutive steps (``info['success']``).
 The episode ends on success (``terminate_on_success``), at ``max_episode_steps`` (truncated), or when franky
-reports a control error (truncated, after ``recover_from_errors``; the error text is ``info['error']``).
+reports a control error (truncated, after ``recover_from_errors``; the error text is ``info['error']``). Without
+a pose oracle (real hardware), ``terminate_on_learned_success`` ends it when a success classifier sees success in
+``success_hold_steps`` consecutive frames (``info['learned_success']``, ``info['learned_success_prob']``).
 
 Actions, in [-1, 1]: [dx, dy, dz] (+ [drx, dry, drz] with ``use_rotation``) (+ [gripper] with ``use_gripper``).
 Steps are scaled by ``action_scale`` (metres) / ``rotation_scale`` (radians) and added to the measured TCP pose;
@@ -22,50 +24,33 @@ clipping), with the commanded pose in ``info['target_pose']``. A NaN or inf acti
 nothing. Each step sends one asynchronous Cartesian motion and then waits for the next tick of ``control_hz``.
 
 Observations: ``obs_mode='state'`` gives a flat float32 vector (``STATE_KEYS``: TCP position, TCP quaternion
-xyzw in the reset orientation's hemisphere, TCP linear and angular velocity, gripper width);
+xyzw in the reset orientation's hemisphere, TCP linear and angular velocity, the estimated external force on the
+TCP, gripper width; ``dizoo_franka.envs.franky_arm``);
 ``obs_mode='state_image'`` gives ``dict(state=..., image=CxHxW uint8)``. Every step puts the camera frame (HxWx3
 uint8 at ``image_size``) in ``info['reward_image']`` and the success flag in ``info['success']``, which is what
 the project's image reward models and RewardMonitor read.
 """
-import copy
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import gym
 import numpy as np
-from ding.envs import BaseEnv, BaseEnvTimestep
+from ding.envs import BaseEnvTimestep
 from ding.utils import ENV_REGISTRY
-from easydict import EasyDict
 from scipy.spatial.transform import Rotation
 
+from ding_ext.configured_env import ConfiguredEnv
+
 from .cameras import Camera, make_camera, resize_rgb
-from .safety import SafetyBox, braking_distance, check_finite_action, rotation_angle
+from .franky_arm import LOST_CONNECTION_ERRORS, STATE_DIM, STATE_KEYS, FrankyArm, is_control_error
+from .safety import SafetyBox, check_finite_action, rotation_angle
 
 OBS_MODES = ('state', 'state_image')
-STATE_KEYS = ('tcp_pos', 'tcp_quat', 'tcp_lin_vel', 'tcp_ang_vel', 'gripper_width')
-STATE_DIM = 3 + 4 + 3 + 3 + 1
-GRIPPER_MAX_WIDTH = 0.08  # metres, Franka Hand
-RESET_SETTLE_TIMEOUT_S = 10.0
-PLANNER_FAILURE = 'Motion planner failed'  # franky's RuntimeError when its trajectory planner (Ruckig) fails
-
-
-def _lost_connection_errors() -> tuple:
-    """Exceptions that mean the robot or camera is gone (franky's NetworkException when franky imports)."""
-    try:
-        import franky
-        return (franky.NetworkException, ConnectionError, OSError)
-    except ImportError:
-        return (ConnectionError, OSError)
-
-
-LOST_CONNECTION_ERRORS = _lost_connection_errors()
-# franky's Cartesian translation limits: velocity (m/s), acceleration (m/s^2), jerk (m/s^3)
-FRANKA_TRANSLATION_LIMITS = (1.7, 13.0, 6500.0)
 
 
 @ENV_REGISTRY.register('franka')
-class FrankaEnv(BaseEnv):
+class FrankaEnv(ConfiguredEnv):
     """Franka peg insertion over franky (real robot or the franky-sim cell); see the module docstring."""
 
     config = dict(
@@ -118,6 +103,13 @@ class FrankaEnv(BaseEnv):
         success_hold_steps=20,
         # (bool) End the episode at success.
         terminate_on_success=True,
+        # (bool) End the episode when the learned classifier (``learned_success_checkpoint``) sees success in
+        # ``success_hold_steps`` consecutive frames: on hardware without a pose oracle (RLinf, HIL-SERL do so).
+        terminate_on_learned_success=False,
+        # (str) Classifier checkpoint (ding_ext's train_reward_model) for terminate_on_learned_success.
+        learned_success_checkpoint=None,
+        # (float) Its success threshold; None: the checkpoint's calibrated_threshold, else 0.5.
+        learned_success_threshold=None,
         # (int) Episode length after which the episode is truncated.
         max_episode_steps=200,
         # (dict) Camera: type sim | opencv | realsense and its arguments (see cameras.make_camera).
@@ -132,16 +124,8 @@ class FrankaEnv(BaseEnv):
         evaluator_env_num=1,
     )
 
-    @classmethod
-    def default_config(cls: type) -> EasyDict:
-        cfg = EasyDict(copy.deepcopy(cls.config))
-        cfg.cfg_type = cls.__name__ + 'Dict'
-        return cfg
-
     def __init__(self, cfg: Optional[dict] = None) -> None:
-        merged = self.default_config()
-        merged.update(copy.deepcopy(dict(cfg or {})))
-        self._cfg = cfg = merged
+        self._cfg = cfg = self.merge_config(cfg)
         if cfg.obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {cfg.obs_mode!r}")
         if len(cfg.image_size) != 3 or int(cfg.image_size[0]) != 3:
@@ -154,7 +138,9 @@ class FrankaEnv(BaseEnv):
                              f"{cfg.step_dynamics_factor} and {cfg.reset_dynamics_factor}")
         if float(cfg.max_tcp_speed) <= 0:
             raise ValueError(f"max_tcp_speed must be positive (m/s), got {cfg.max_tcp_speed}")
-        self._set_translation_limits(*FRANKA_TRANSLATION_LIMITS)  # again with the robot's own, once connected
+        self.arm = FrankyArm(cfg.robot_ip, cfg.realtime_config, cfg.use_gripper, cfg.step_dynamics_factor,
+                             cfg.max_tcp_speed)
+        self._set_command_box()
         self._reset_pos, self._reset_rot = _pose_from_config(cfg.reset_ee_pose, 'reset_ee_pose')
         self._target_pos, self._target_rot = _pose_from_config(cfg.target_ee_pose, 'target_ee_pose')
         self._action_dim = 3 + 3 * bool(cfg.use_rotation) + bool(cfg.use_gripper)
@@ -167,51 +153,45 @@ class FrankaEnv(BaseEnv):
             image_space = gym.spaces.Box(0, 255, shape=(3, height, width), dtype=np.uint8)
             self._observation_space = gym.spaces.Dict(dict(state=state_space, image=image_space))
         self._reward_space = gym.spaces.Box(-np.inf, np.inf, shape=(1, ), dtype=np.float32)
-        self.robot = None  # franky.Robot, connected in the first reset()
-        self.gripper = None
+        self.success_classifier = self._load_success_classifier() if cfg.terminate_on_learned_success else None
         self.camera: Optional[Camera] = None
         self._rng = np.random.RandomState()
-        self._gripper_width_cmd = None
-        self._gripper_future = None  # the running gripper move (franky BoolFuture)
         self._last_obs = self._last_pose = self._last_image = None
         self._next_tick = 0.0
         self._episode_id = None
         self._episode_len = 0
         self._episode_return = 0.0
-        self._hold_count = 0
+        self._hold_count = self._learned_hold_count = 0
         self._success_once = False
+
+    @property
+    def robot(self) -> Any:
+        """The connected ``franky.Robot`` (None before the first reset and after a lost connection)."""
+        return self.arm.robot
+
+    def _set_command_box(self) -> None:
+        """The box every target is clipped into: the safety box less the arm's braking distance at the step
+        dynamics (``braking_margin``, metres)."""
+        self.braking_margin = self.arm.braking_margin
+        self.command_box = self.safety_box.shrunk(self.braking_margin)
+
+    def _load_success_classifier(self) -> Any:
+        from ding_ext.checkpoint_io import load_checkpoint
+        from ding_ext.evaluate_reward_model import build_model_from_checkpoint
+        path = self._cfg.learned_success_checkpoint
+        if not path:
+            raise ValueError("terminate_on_learned_success needs learned_success_checkpoint (a classifier checkpoint)")
+        threshold = self._cfg.learned_success_threshold
+        if threshold is None:
+            threshold = load_checkpoint(path)[1].get('calibrated_threshold', 0.5)
+        return build_model_from_checkpoint(path, 'cpu', float(threshold))
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
         """Connect robot, gripper and camera (done by the first reset; nothing touches hardware before)."""
-        import franky
-        realtime = {'enforce': franky.RealtimeConfig.Enforce, 'ignore': franky.RealtimeConfig.Ignore}
-        self.robot = franky.Robot(self._cfg.robot_ip, realtime_config=realtime[str(self._cfg.realtime_config).lower()])
-        if self._cfg.use_gripper:
-            self.gripper = franky.Gripper(self._cfg.robot_ip)
+        self.arm.connect()
         self.camera = make_camera(self._cfg.camera)
-        self._set_translation_limits(
-            self.robot.translation_velocity_limit.get(), self.robot.translation_acceleration_limit.get(),
-            self.robot.translation_jerk_limit.get()
-        )
-
-    def _set_translation_limits(self, velocity: float, acceleration: float, jerk: float) -> None:
-        """The step dynamics (speed capped at ``max_tcp_speed``) and the box every target is clipped into: the
-        safety box less the braking distance at those dynamics (``braking_margin``, metres)."""
-        factor = float(self._cfg.step_dynamics_factor)
-        self._step_dynamics = (min(1.0, float(self._cfg.max_tcp_speed) / velocity), factor, factor)
-        self.braking_margin = braking_distance(velocity * self._step_dynamics[0], acceleration * factor, jerk * factor)
-        self.command_box = self.safety_box.shrunk(self.braking_margin)
-
-    def _recover(self) -> bool:
-        """``recover_from_errors``; when franky reports failure, whether the errors clear within 2 s (its state
-        can lag the recovery's reply on a loaded machine)."""
-        recovered = bool(self.robot.recover_from_errors())
-        deadline = time.monotonic() + 2.0
-        while not recovered and time.monotonic() < deadline:
-            time.sleep(0.05)
-            recovered = not self.robot.has_errors
-        return recovered
+        self._set_command_box()
 
     def _drop_connection(self) -> None:
         """Forget robot, gripper and camera after a lost connection (nothing is sent to them any more)."""
@@ -220,20 +200,14 @@ class FrankaEnv(BaseEnv):
                 self.camera.close()
             except OSError:
                 pass
-        self.robot = self.gripper = self.camera = self._gripper_future = None
+        self.arm.drop()
+        self.camera = None
 
     def close(self) -> None:
-        if self.robot is not None:
-            try:
-                self.robot.stop()
-                self.robot.join_motion()
-            except Exception:  # a robot in an error state has nothing to stop; closing must not raise
-                pass
+        self.arm.close()
         if self.camera is not None:
             self.camera.close()
-        if self._gripper_future is not None:
-            self._gripper_future.wait(10.0)
-        self.robot = self.gripper = self.camera = self._gripper_future = None
+        self.camera = None
 
     # ------------------------------------------------------------------ DI-engine interface
     def seed(self, seed: int, dynamic_seed: bool = True) -> None:
@@ -241,8 +215,7 @@ class FrankaEnv(BaseEnv):
         self._action_space.seed(int(seed))
 
     def reset(self) -> Any:
-        import franky
-        if self.robot is None:
+        if not self.arm.connected:
             try:
                 self.connect()
             except LOST_CONNECTION_ERRORS as e:
@@ -253,30 +226,25 @@ class FrankaEnv(BaseEnv):
             self.robot.recover_from_errors()
         offset = self._rng.uniform(-1.0, 1.0, size=3) * np.asarray(self._cfg.reset_random_xyz, dtype=np.float64)
         goal = self.command_box.clip_position(self._reset_pos + offset)
-        self.robot.relative_dynamics_factor = float(self._cfg.reset_dynamics_factor)
-        pos, _ = self._measured_pose()
+        self.arm.use_dynamics(float(self._cfg.reset_dynamics_factor))
+        pos, _ = self.arm.measured_pose()
+        tol = float(self._cfg.reset_settle_tol)
         if pos[2] < goal[2]:  # lift straight up first: never drag a peg sideways out of the hole
-            self._move_to(np.array([pos[0], pos[1], goal[2]]), self._reset_rot, franky, asynchronous=False)
-        self._move_to(goal, self._reset_rot, franky, asynchronous=False)
-        if self.gripper is not None:
-            if self._gripper_future is not None:
-                self._gripper_future.wait(10.0)
-                self._gripper_future = None
-            self.gripper.move(float(self._cfg.reset_gripper_width), float(self._cfg.gripper_speed))
-            self._gripper_width_cmd = float(self._cfg.reset_gripper_width)
-        self.robot.relative_dynamics_factor = franky.RelativeDynamicsFactor(*self._step_dynamics)
+            self.arm.move_to(np.array([pos[0], pos[1], goal[2]]), self._reset_rot, self.command_box, False, tol)
+        self.arm.move_to(goal, self._reset_rot, self.command_box, False, tol)
+        self.arm.move_gripper(self._cfg.reset_gripper_width, self._cfg.gripper_speed)
+        self.arm.use_dynamics()
         self._episode_id = f"franka-{uuid.uuid4().hex[:10]}"
         self._episode_len = 0
         self._episode_return = 0.0
-        self._hold_count = 0
+        self._hold_count = self._learned_hold_count = 0
         self._success_once = False
         self._next_tick = time.monotonic() + 1.0 / float(self._cfg.control_hz)
         obs, _ = self._observe()
         return obs
 
     def step(self, action: np.ndarray) -> BaseEnvTimestep:
-        assert self.robot is not None, "call reset() before step()"
-        import franky
+        assert self.arm.connected, "call reset() before step()"
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (self._action_dim, ):
             raise ValueError(f"action must have {self._action_dim} entries, got shape {action.shape}")
@@ -286,17 +254,16 @@ class FrankaEnv(BaseEnv):
         error = None
         try:
             try:
-                sent = self._send_action(action, franky, info)
+                sent = self._send_action(action, info)
                 time.sleep(max(0.0, self._next_tick - time.monotonic()))
-                self.robot.poll_motion()  # raises the errors of the running motion (reflexes included)
-            except (franky.ControlException, franky.CommandException, RuntimeError) as e:
-                # a reflex, a rejected command or a failed trajectory plan (franky's RuntimeError "Motion planner
-                # failed"): the motion stopped; recover and end the episode (truncated). Other RuntimeErrors (the
-                # lost connection's "Net Exception" included) go on to the handler below.
-                if isinstance(e, RuntimeError) and not str(e).startswith(PLANNER_FAILURE):
+                self.arm.poll()
+            except Exception as e:  # noqa: BLE001  (franky's control errors; the rest is raised again)
+                if not is_control_error(e):
                     raise
+                # a reflex, a rejected command or a failed trajectory plan: the motion stopped; recover and end
+                # the episode (truncated)
                 error = f"{type(e).__name__}: {e}"
-                info['recovered'] = self._recover()
+                info['recovered'] = self.arm.recover()
                 sent = np.zeros_like(action) if 'action_sent' not in info else info['action_sent']
             obs, (pos, rot) = self._observe(info)
         except LOST_CONNECTION_ERRORS + (RuntimeError, ) as e:
@@ -321,6 +288,8 @@ class FrankaEnv(BaseEnv):
         reward = float(success)
         self._episode_return += reward
         terminated = success and bool(self._cfg.terminate_on_success)
+        if self.success_classifier is not None and 'connection_lost' not in info:
+            terminated = self._learned_success(info) or terminated
         truncated = (error is not None or self._episode_len >= int(self._cfg.max_episode_steps)) and not terminated
         done = terminated or truncated
         info.update(
@@ -342,12 +311,21 @@ class FrankaEnv(BaseEnv):
             info['episode_info'] = dict(success=float(success), success_once=float(self._success_once))
         return BaseEnvTimestep(obs, np.array([reward], dtype=np.float32), done, info)
 
-    # ------------------------------------------------------------------ commands
-    def _send_action(self, action: np.ndarray, franky: Any, info: Dict[str, Any]) -> np.ndarray:
+    def _learned_success(self, info: Dict[str, Any]) -> bool:
+        """Score this step's frame with the success classifier; True once it has seen success in
+        ``success_hold_steps`` consecutive frames (``info['learned_success']``)."""
+        prob = float(self.success_classifier.predict_proba([info['reward_image']])[0])
+        seen = prob > self.success_classifier.threshold
+        self._learned_hold_count = self._learned_hold_count + 1 if seen else 0
+        learned = self._learned_hold_count >= int(self._cfg.success_hold_steps)
+        info.update(learned_success_prob=prob, learned_hold_steps=self._learned_hold_count, learned_success=learned)
+        return learned
+
+    # ------------------------------------------------------------------ commands and observations
+    def _send_action(self, action: np.ndarray, info: Dict[str, Any]) -> np.ndarray:
         """Clip the commanded pose into the safety box, send it, and return the action actually sent."""
-        pos, rot = self._measured_pose()
+        pos, rot = self.arm.measured_pose()
         target_pos = pos + action[:3] * float(self._cfg.action_scale)
-        target_rot = rot
         if self._cfg.use_rotation:
             target_rot = Rotation.from_rotvec(action[3:6] * float(self._cfg.rotation_scale)) * rot
         else:
@@ -359,48 +337,16 @@ class FrankaEnv(BaseEnv):
             sent[3:6] = (target_rot * rot.inv()).as_rotvec() / float(self._cfg.rotation_scale)
         info.update(target_pose=np.concatenate([target_pos, target_rot.as_quat()]).astype(np.float32),
                     clipped=clipped, action_sent=sent)
-        self._move_to(target_pos, target_rot, franky, asynchronous=True)
-        if self.gripper is not None:
-            sent[-1] = self._send_gripper(action[-1])
+        self.arm.move_to(target_pos, target_rot, self.command_box, asynchronous=True)
+        if self._cfg.use_gripper:
+            sent[-1] = self.arm.command_gripper(action[-1], float(self._cfg.gripper_speed),
+                                                float(self._cfg.gripper_deadband))
         return sent
 
-    def _send_gripper(self, command: float) -> float:
-        """Start a gripper move to the commanded width unless it is within the deadband of the last one or the
-        last move is still running (never blocks the control loop); returns the gripper action in effect."""
-        width = (command + 1.0) / 2.0 * GRIPPER_MAX_WIDTH
-        busy = self._gripper_future is not None and not self._gripper_future.wait(0.0)
-        if not busy and abs(width - self._gripper_width_cmd) > float(self._cfg.gripper_deadband):
-            # keep the future: the move runs on while the arm is stepped
-            self._gripper_future = self.gripper.move_async(float(width), float(self._cfg.gripper_speed))
-            self._gripper_width_cmd = float(width)
-        return self._gripper_width_cmd / GRIPPER_MAX_WIDTH * 2.0 - 1.0
-
-    def _move_to(self, position: np.ndarray, rotation: Rotation, franky: Any, asynchronous: bool) -> None:
-        position = self.command_box.clip_position(position)  # the last line of defence: never send outside
-        target = franky.Affine(np.asarray(position, dtype=np.float64), rotation.as_quat())
-        self.robot.move(franky.CartesianMotion(target, franky.ReferenceType.Absolute), asynchronous=asynchronous)
-        if not asynchronous:  # the commanded motion has ended; the arm may still be catching up with it
-            deadline = time.monotonic() + RESET_SETTLE_TIMEOUT_S
-            while (np.linalg.norm(self._measured_pose()[0] - position) > float(self._cfg.reset_settle_tol)
-                   and time.monotonic() < deadline):
-                time.sleep(0.01)
-
-    # ------------------------------------------------------------------ observations
-    def _measured_pose(self) -> Tuple[np.ndarray, Rotation]:
-        pose = self.robot.current_cartesian_state.pose.end_effector_pose
-        return np.asarray(pose.translation, dtype=np.float64), Rotation.from_quat(np.asarray(pose.quaternion))
-
     def robot_state(self) -> Dict[str, np.ndarray]:
-        """The measured state, one entry per ``STATE_KEYS`` name."""
-        cartesian = self.robot.current_cartesian_state
-        pose = cartesian.pose.end_effector_pose
-        quat = np.asarray(pose.quaternion, dtype=np.float64)
-        if np.dot(quat, self._reset_rot.as_quat()) < 0:  # one hemisphere: no sign flips near the reset pose
-            quat = -quat
-        twist = cartesian.velocity.end_effector_twist
-        width = self.gripper.width if self.gripper is not None else 0.0
-        return dict(tcp_pos=np.asarray(pose.translation), tcp_quat=quat, tcp_lin_vel=np.asarray(twist.linear),
-                    tcp_ang_vel=np.asarray(twist.angular), gripper_width=np.array([width]))
+        """The measured state, one entry per ``STATE_KEYS`` name (quaternion in the reset orientation's
+        hemisphere)."""
+        return self.arm.state(self._reset_rot)
 
     def _observe(self, info: Optional[Dict[str, Any]] = None) -> Tuple[Any, Tuple[np.ndarray, Rotation]]:
         state = self.robot_state()
@@ -431,18 +377,6 @@ class FrankaEnv(BaseEnv):
 
     def random_action(self) -> np.ndarray:
         return self._action_space.sample().astype(np.float32)
-
-    @staticmethod
-    def create_collector_env_cfg(cfg: dict) -> List[dict]:
-        cfg = copy.deepcopy(cfg)
-        num = cfg.pop('collector_env_num', 1)
-        return [cfg for _ in range(num)]
-
-    @staticmethod
-    def create_evaluator_env_cfg(cfg: dict) -> List[dict]:
-        cfg = copy.deepcopy(cfg)
-        num = cfg.pop('evaluator_env_num', 1)
-        return [cfg for _ in range(num)]
 
     def __repr__(self) -> str:
         return f"DI-engine Franka Env(robot_ip={self._cfg.robot_ip}, control_hz={self._cfg.control_hz})"

@@ -15,16 +15,15 @@ parent process hangs envs in forked children: launch fork-based subprocess env m
 rendering env is open in the parent (the managers' space probe here uses no renderer), or use
 ``context='spawn'``.
 """
-import copy
 import uuid
 from typing import Any, Dict, List, Optional
 
 import gym
 import numpy as np
-from ding.envs import BaseEnv, BaseEnvTimestep
+from ding.envs import BaseEnvTimestep
 from ding.utils import ENV_REGISTRY
-from easydict import EasyDict
 
+from ding_ext.configured_env import ConfiguredEnv
 from ding_ext.video_frames import FrameHistory
 
 REWARD_RENDER_MODES = ('episode_end', 'every_step', 'none')
@@ -51,7 +50,7 @@ def _to_gym_box(space: Any) -> gym.spaces.Box:
 
 
 @ENV_REGISTRY.register('maniskill')
-class ManiSkillEnv(BaseEnv):
+class ManiSkillEnv(ConfiguredEnv):
     """ManiSkill3 task with flat float32 state observations and an optional reward-camera image in
     ``timestep.info['reward_image']`` (HxWx3 uint8), with ``info['frame_info']`` (episode id, step and the
     facts behind the success label, see ``label_facts``). See ``config`` for every key."""
@@ -104,16 +103,8 @@ class ManiSkillEnv(BaseEnv):
         evaluator_env_num=1,
     )
 
-    @classmethod
-    def default_config(cls: type) -> EasyDict:
-        cfg = EasyDict(copy.deepcopy(cls.config))
-        cfg.cfg_type = cls.__name__ + 'Dict'
-        return cfg
-
     def __init__(self, cfg: Optional[dict] = None) -> None:
-        merged = self.default_config()
-        merged.update(copy.deepcopy(dict(cfg or {})))
-        self._cfg = merged
+        self._cfg = self.merge_config(cfg)
         if self._cfg.reward_render_mode not in REWARD_RENDER_MODES:
             raise ValueError(
                 f"reward_render_mode must be one of {REWARD_RENDER_MODES}, got {self._cfg.reward_render_mode!r}"
@@ -320,21 +311,10 @@ class ManiSkillEnv(BaseEnv):
             self._env.close()
         self._env = None
 
-    @staticmethod
-    def _replicate(cfg: dict, num_key: str) -> List[dict]:
-        cfg = copy.deepcopy(cfg)
-        num = cfg.pop(num_key, 1)
-        cfg.pop('manager', None)
-        return [cfg for _ in range(num)]
-
-    @staticmethod
-    def create_collector_env_cfg(cfg: dict) -> List[dict]:
-        return ManiSkillEnv._replicate(cfg, 'collector_env_num')
-
-    @staticmethod
-    def create_evaluator_env_cfg(cfg: dict) -> List[dict]:
+    @classmethod
+    def create_evaluator_env_cfg(cls, cfg: dict) -> List[dict]:
         # the evaluator judges by the env's success flag: its envs render no reward images
-        return [dict(c, reward_render_mode='none') for c in ManiSkillEnv._replicate(cfg, 'evaluator_env_num')]
+        return [dict(c, reward_render_mode='none') for c in cls.replicate_config(cfg, 'evaluator_env_num')]
 
     def label_facts(self, ms_info: Dict[str, Any]) -> Dict[str, Any]:
         """Facts behind the env's success label for the current state, for the dataset sidecar.

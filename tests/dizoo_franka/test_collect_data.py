@@ -9,6 +9,7 @@ from dizoo_franka.collect_data import collect, record_episode
 from dizoo_franka.config.realworld_collect_data import main_config
 from dizoo_franka.drivers import FAILURE, SUCCESS, UNLABELLED, KeyboardTeleop, ScriptedInsertion
 from dizoo_franka.envs import FrankaEnv
+from dizoo_franka.envs.franky_arm import STATE_DIM
 
 
 def sim_config(ready, **collect):
@@ -31,7 +32,7 @@ def test_collect_writes_one_file_per_episode_and_resumes(sim_cell, tmp_path):
         episode = read_episode(path)
         steps = len(episode["action"])
         assert 0 < steps <= 20 and episode["image"].shape == (steps, 32, 32, 3)
-        assert episode["obs"].shape == (steps, 14) and np.array_equal(episode["image_step"], np.arange(steps))
+        assert episode["obs"].shape == (steps, STATE_DIM) and np.array_equal(episode["image_step"], np.arange(steps))
         assert np.all(episode["human_label"] == UNLABELLED) and not episode["connection_lost"]
         np.testing.assert_array_equal(episode["obs"][1:], episode["next_obs"][:-1])
         # the scripted driver went down towards the hole (it starts 5 cm above the inserted pose)
@@ -58,13 +59,13 @@ def test_keyboard_labels_stick_until_changed():
         driver = KeyboardTeleop(stream=stream)
         driver.action_dim = 4
         os.write(write_fd, b"ffc")
-        action = driver.act(np.zeros(14))
+        action = driver.act(np.zeros(STATE_DIM))
         np.testing.assert_allclose(action, [0.0, 0.0, -1.0, 0.0])  # two 'f' (down) clipped to one unit step
         assert driver.human_label() == SUCCESS
-        driver.act(np.zeros(14))
+        driver.act(np.zeros(STATE_DIM))
         assert driver.human_label() == SUCCESS and not driver.end_requested()  # still on, no key in between
         os.write(write_fd, b"aq")
-        driver.act(np.zeros(14))
+        driver.act(np.zeros(STATE_DIM))
         assert driver.human_label() == FAILURE and driver.end_requested()
     os.close(write_fd)
 

@@ -79,7 +79,8 @@ def test_registered_and_reset_step(env_factory):
     assert ENV_REGISTRY.get("franka") is FrankaEnv
     env = env_factory()
     obs = env.reset()
-    assert obs["state"].shape == (14, ) and obs["state"].dtype == np.float32
+    assert obs["state"].shape == (17, ) and obs["state"].dtype == np.float32
+    np.testing.assert_allclose(obs["state"][13:16], 0.0, atol=1.0)  # no contact: no external force
     assert obs["image"].shape == (3, 64, 64) and obs["image"].dtype == np.uint8
     np.testing.assert_allclose(obs["state"][:3], [0.55, 0.08, 0.22], atol=0.003)
     z0 = obs["state"][2]
@@ -229,6 +230,23 @@ def test_collision_reflex_ends_the_episode_and_the_env_recovers(sim_cell, env_fa
     assert not timestep.done and "error" not in timestep.info
 
 
+def test_external_force_shows_the_peg_pressing_on_the_board(tmp_path):
+    from dizoo_franka.sim_cell_process import SimCellProcess
+    with SimCellProcess(tmp_path / "cell", extra_args=["--reflex-force", "0"]) as cell:  # no reflex: it presses on
+        # the peg hangs over the board beside the hole; the box lets the TCP go 2 cm below the peg's contact
+        env = make_env(cell.ready, reset_ee_pose=[0.55, 0.14, 0.19] + DOWN, ee_pose_limit_min=[0.45, 0.0, 0.12])
+        try:
+            free = env.reset()["state"][13:16]
+            for _ in range(40):
+                state = env.step(np.array([0.0, 0.0, -1.0, 0.0])).obs["state"]
+                if state[15] < -5.0:
+                    break
+        finally:
+            env.close()
+    # O_F_ext_hat_K: the force the robot exerts, down on the board; none in free space
+    assert np.abs(free).max() < 1.0 and state[15] < -5.0 and abs(state[15]) > np.abs(state[13:15]).max(), state
+
+
 def test_lost_connection_ends_the_episode_with_a_clear_message(own_sim_cell):
     env = make_env(own_sim_cell.ready)
     try:
@@ -248,3 +266,27 @@ def test_lost_connection_ends_the_episode_with_a_clear_message(own_sim_cell):
             env.reset()
     finally:
         env.close()
+
+
+def test_learned_success_ends_the_episode(tmp_path, env_factory):
+    from tests.ding_ext.helpers import force_probability, make_model
+    model = make_model(image_size=[3, 64, 64])
+    force_probability(model, 0.9)  # every frame: p(success) = 0.9
+    checkpoint = model.save(str(tmp_path / "classifier.safetensors"))
+    env = env_factory(terminate_on_learned_success=True, learned_success_checkpoint=checkpoint,
+                      success_hold_steps=3, max_episode_steps=6)
+    env.reset()
+    steps = [env.step(np.zeros(4)) for _ in range(3)]
+    assert [t.info["learned_hold_steps"] for t in steps] == [1, 2, 3]
+    assert steps[-1].done and steps[-1].info["terminated"] and steps[-1].info["learned_success"]
+    assert abs(steps[-1].info["learned_success_prob"] - 0.9) < 1e-4 and not steps[-1].info["success"]
+    # above the classifier's output: never learned success, the episode runs to max_episode_steps
+    env.close()  # the cell serves one client at a time
+    env = env_factory(terminate_on_learned_success=True, learned_success_checkpoint=checkpoint,
+                      learned_success_threshold=0.95, success_hold_steps=3, max_episode_steps=6)
+    env.reset()
+    steps = [env.step(np.zeros(4)) for _ in range(6)]
+    assert [t.done for t in steps] == [False] * 5 + [True] and steps[-1].info["truncated"]
+    assert not any(t.info["learned_success"] for t in steps)
+    with pytest.raises(ValueError, match="learned_success_checkpoint"):
+        make_env(dict(robot_ip="127.0.0.1", camera_port=0), terminate_on_learned_success=True)
