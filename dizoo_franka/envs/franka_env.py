@@ -23,7 +23,8 @@ nothing. Each step sends one asynchronous Cartesian motion and then waits for th
 
 Observations: ``obs_mode='state'`` gives a flat float32 vector (``STATE_KEYS``: TCP position, TCP quaternion
 xyzw in the reset orientation's hemisphere, TCP linear and angular velocity, gripper width);
-``obs_mode='state_image'`` gives ``dict(state=..., image=CxHxW uint8)``. Every step puts the camera frame (HxWx3
+``obs_mode='state_image'`` gives ``dict(state=..., image=CxHxW uint8)`` (``obs_image_size``, default
+``image_size``). Every step puts the camera frame (HxWx3
 uint8 at ``image_size``) in ``info['reward_image']`` and the success flag in ``info['success']``, which is what
 the project's image reward models and RewardMonitor read.
 """
@@ -39,6 +40,7 @@ from ding.utils import ENV_REGISTRY
 from easydict import EasyDict
 from scipy.spatial.transform import Rotation
 
+from . import connections
 from .cameras import Camera, make_camera, resize_rgb
 from .safety import SafetyBox, braking_distance, check_finite_action, rotation_angle
 
@@ -123,6 +125,9 @@ class FrankaEnv(BaseEnv):
         camera=dict(type='sim', host='127.0.0.1', port=0),
         # (list) Image size [C, H, W] of the observation image and info['reward_image']; C must be 3.
         image_size=[3, 128, 128],
+        # (list|None) Size [3, H, W] of the observation image alone (obs_mode 'state_image'), e.g. smaller than
+        # image_size to keep a replay buffer of image observations small; None: image_size.
+        obs_image_size=None,
         # (str) 'state' (flat float32 vector) or 'state_image' (dict(state, image)).
         obs_mode='state_image',
         # (int) Number of collector envs (a real robot: 1, with the 'base' env manager).
@@ -158,7 +163,9 @@ class FrankaEnv(BaseEnv):
         self._target_pos, self._target_rot = _pose_from_config(cfg.target_ee_pose, 'target_ee_pose')
         self._action_dim = 3 + 3 * bool(cfg.use_rotation) + bool(cfg.use_gripper)
         self._action_space = gym.spaces.Box(-1.0, 1.0, shape=(self._action_dim, ), dtype=np.float32)
-        _, height, width = (int(v) for v in cfg.image_size)
+        if cfg.obs_image_size is not None and (len(cfg.obs_image_size) != 3 or int(cfg.obs_image_size[0]) != 3):
+            raise ValueError(f"obs_image_size must be [3, H, W] or None, got {cfg.obs_image_size!r}")
+        _, height, width = (int(v) for v in (cfg.obs_image_size or cfg.image_size))
         state_space = gym.spaces.Box(-np.inf, np.inf, shape=(STATE_DIM, ), dtype=np.float32)
         if cfg.obs_mode == 'state':
             self._observation_space = state_space
@@ -167,6 +174,7 @@ class FrankaEnv(BaseEnv):
             self._observation_space = gym.spaces.Dict(dict(state=state_space, image=image_space))
         self._reward_space = gym.spaces.Box(-np.inf, np.inf, shape=(1, ), dtype=np.float32)
         self.robot = None  # franky.Robot, connected in the first reset()
+        self._connection: Optional[connections.SharedConnection] = None
         self.gripper = None
         self.camera: Optional[Camera] = None
         self._rng = np.random.RandomState()
@@ -182,13 +190,18 @@ class FrankaEnv(BaseEnv):
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
-        """Connect robot, gripper and camera (done by the first reset; nothing touches hardware before)."""
+        """Connect robot, gripper and camera (done by the first reset; nothing touches hardware before). Envs of one
+        process share them (``connections``: a collector's and an evaluator's env take turns on one arm)."""
         import franky
         realtime = {'enforce': franky.RealtimeConfig.Enforce, 'ignore': franky.RealtimeConfig.Ignore}
-        self.robot = franky.Robot(self._cfg.robot_ip, realtime_config=realtime[str(self._cfg.realtime_config).lower()])
-        if self._cfg.use_gripper:
-            self.gripper = franky.Gripper(self._cfg.robot_ip)
-        self.camera = make_camera(self._cfg.camera)
+
+        def open_connection():
+            robot = franky.Robot(self._cfg.robot_ip, realtime_config=realtime[str(self._cfg.realtime_config).lower()])
+            gripper = franky.Gripper(self._cfg.robot_ip) if self._cfg.use_gripper else None
+            return robot, gripper, make_camera(self._cfg.camera)
+
+        self._connection = connections.acquire(self._cfg.robot_ip, self, open_connection)
+        self.robot, self.gripper, self.camera = self._connection.robot, self._connection.gripper, self._connection.camera
         self._set_translation_limits(
             self.robot.translation_velocity_limit.get(), self.robot.translation_acceleration_limit.get(),
             self.robot.translation_jerk_limit.get()
@@ -214,6 +227,7 @@ class FrankaEnv(BaseEnv):
 
     def _drop_connection(self) -> None:
         """Forget robot, gripper and camera after a lost connection (nothing is sent to them any more)."""
+        connections.drop(self._cfg.robot_ip)
         if self.camera is not None:
             try:
                 self.camera.close()
@@ -222,6 +236,9 @@ class FrankaEnv(BaseEnv):
         self.robot = self.gripper = self.camera = self._gripper_future = None
 
     def close(self) -> None:
+        if self.robot is not None and not connections.release(self._cfg.robot_ip, self):
+            self.robot = self.gripper = self.camera = self._gripper_future = None  # another env still drives them
+            return
         if self.robot is not None:
             try:
                 self.robot.stop()
@@ -248,6 +265,7 @@ class FrankaEnv(BaseEnv):
                 self._drop_connection()
                 raise ConnectionError(f"cannot connect to the robot at {self._cfg.robot_ip} or its camera "
                                       f"({type(e).__name__}: {e})") from e
+        connections.take_turn(self._connection, self)
         if self.robot.has_errors:
             self.robot.recover_from_errors()
         offset = self._rng.uniform(-1.0, 1.0, size=3) * np.asarray(self._cfg.reset_random_xyz, dtype=np.float64)
@@ -280,6 +298,8 @@ class FrankaEnv(BaseEnv):
         if action.shape != (self._action_dim, ):
             raise ValueError(f"action must have {self._action_dim} entries, got shape {action.shape}")
         check_finite_action(action)
+        if not connections.take_turn(self._connection, self):
+            return self._turn_lost()
         action = np.clip(action, -1.0, 1.0)
         info: Dict[str, Any] = {}
         error = None
@@ -336,6 +356,18 @@ class FrankaEnv(BaseEnv):
             info['eval_episode_return'] = self._episode_return
             info['episode_info'] = dict(success=float(success), success_once=float(self._success_once))
         return BaseEnvTimestep(obs, np.array([reward], dtype=np.float32), done, info)
+
+    def _turn_lost(self) -> BaseEnvTimestep:
+        """The last step of an episode whose arm another env of this process drove since its previous step (an
+        evaluation between two collection calls): nothing is sent, the observation stays the last one, truncated."""
+        self._episode_len += 1
+        error = "another env of this process drove the arm since this episode's last step; the episode ends here"
+        info = dict(action_sent=np.zeros(self._action_dim, dtype=np.float32), at_target=False, hold_steps=0,
+                    success=False, success_once=self._success_once, episode_len=self._episode_len, terminated=False,
+                    truncated=True, error=error, reward_image=self._last_image, eval_episode_return=self._episode_return,
+                    frame_info=dict(episode_id=self._episode_id, step=self._episode_len, at_target=False),
+                    episode_info=dict(success=0.0, success_once=float(self._success_once)))
+        return BaseEnvTimestep(self._last_obs, np.zeros(1, dtype=np.float32), True, info)
 
     # ------------------------------------------------------------------ commands
     def _send_action(self, action: np.ndarray, franky: Any, info: Dict[str, Any]) -> np.ndarray:
@@ -405,9 +437,13 @@ class FrankaEnv(BaseEnv):
         if info is not None:
             info['reward_image'] = image
         pose = (np.asarray(state['tcp_pos'], dtype=np.float64), Rotation.from_quat(state['tcp_quat']))
-        obs = vector if self._cfg.obs_mode == 'state' else dict(
-            state=vector, image=np.ascontiguousarray(image.transpose(2, 0, 1))
-        )
+        if self._cfg.obs_mode == 'state':
+            obs = vector
+        else:
+            obs_image = image
+            if self._cfg.obs_image_size is not None:
+                obs_image = resize_rgb(image, *self._observation_space['image'].shape[1:])
+            obs = dict(state=vector, image=np.ascontiguousarray(obs_image.transpose(2, 0, 1)))
         self._last_obs, self._last_pose, self._last_image = obs, pose, image  # what a lost connection returns
         return obs, pose
 
