@@ -87,7 +87,8 @@ def process(folder: str, label: str = 'pose', drop_idle: bool = False, idle_dist
                 info = dict(episode_id=f'franka-{name}', step=t + 1, pose_label=bool(episode['success'][t]),
                             human_label=int(human[t]), at_target=bool(episode['at_target'][t]))
                 if target is not None:
-                    info['target_dist'] = round(float(np.linalg.norm(episode['tcp_pos'][t] - np.asarray(target[:3]))), 5)
+                    dist = np.linalg.norm(np.asarray(episode['tcp_pos'][t]) - np.asarray(target[:3]))
+                    info['target_dist'] = round(float(dist), 5)
                 writer.add(episode['image'][t], success, source='robot' if label == 'pose' else 'human',
                            frame_info=info)
     finally:

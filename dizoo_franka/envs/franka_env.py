@@ -201,7 +201,8 @@ class FrankaEnv(BaseEnv):
             return robot, gripper, make_camera(self._cfg.camera)
 
         self._connection = connections.acquire(self._cfg.robot_ip, self, open_connection)
-        self.robot, self.gripper, self.camera = self._connection.robot, self._connection.gripper, self._connection.camera
+        conn = self._connection
+        self.robot, self.gripper, self.camera = conn.robot, conn.gripper, conn.camera
         self._set_translation_limits(
             self.robot.translation_velocity_limit.get(), self.robot.translation_acceleration_limit.get(),
             self.robot.translation_jerk_limit.get()
@@ -364,7 +365,8 @@ class FrankaEnv(BaseEnv):
         error = "another env of this process drove the arm since this episode's last step; the episode ends here"
         info = dict(action_sent=np.zeros(self._action_dim, dtype=np.float32), at_target=False, hold_steps=0,
                     success=False, success_once=self._success_once, episode_len=self._episode_len, terminated=False,
-                    truncated=True, error=error, reward_image=self._last_image, eval_episode_return=self._episode_return,
+                    truncated=True, error=error, reward_image=self._last_image,
+                    eval_episode_return=self._episode_return,
                     frame_info=dict(episode_id=self._episode_id, step=self._episode_len, at_target=False),
                     episode_info=dict(success=0.0, success_once=float(self._success_once)))
         return BaseEnvTimestep(self._last_obs, np.zeros(1, dtype=np.float32), True, info)
