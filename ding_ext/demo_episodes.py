@@ -7,7 +7,12 @@ trains on them. Each episode file has, for T steps:
 - ``obs`` (T, D) float32, ``next_obs`` (T, D), ``action`` (T, A), ``reward`` (T,) the env's reward,
   ``done`` (T,) bool, ``success`` (T,) bool (the env's success flag after the step);
 - optionally ``image`` (K, H, W, 3) uint8 with ``image_step`` (K,) int: the reward-camera frames after
-  steps ``image_step`` (every step for a per-step learned reward, the last one for a terminal reward).
+  steps ``image_step`` (every step for a per-step learned reward, the last one for a terminal reward);
+- optionally ``reset_image`` (H, W, 3) uint8: the frame of the reset observation. With it and a frame after every
+  step, the episode also gives image observations (``load_demo_transitions(obs_image=True)``): the image of obs
+  ``t`` is the frame after step ``t - 1`` (the reset frame for ``t = 0``), that of ``next_obs`` ``t`` the frame after
+  step ``t``, resized to the policy's image size with the Franka env's resize (``ding_ext.image_utils.resize_rgb``).
+  Episodes without it load with flat observations only.
 
 Episode files are written atomically (a crash leaves whole episodes only), so a recording can be
 resumed: names already present are skipped. Sources: ManiSkill motion-planner episodes converted to
@@ -15,13 +20,14 @@ the training control mode (``dizoo_maniskill.record_demos``), teleoperated robot
 """
 import glob
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint_io import atomic_write, check_metadata, write_json_atomic
 from .image_folder_dataset import METADATA_FILE, read_metadata
+from .image_utils import resize_rgb
 from .transitions import FRAME_INFO_KEY, IMAGE_KEY, strip_images
 
 REQUIRED_KEYS = ('obs', 'next_obs', 'action', 'reward', 'done', 'success')
@@ -42,6 +48,8 @@ def write_episode(demo_dir: str, name: str, episode: Mapping[str, Any]) -> str:
         raise ValueError(f"demo episode {name!r}: arrays of different lengths {lengths}")
     if ('image' in arrays) != ('image_step' in arrays):
         raise ValueError(f"demo episode {name!r}: 'image' and 'image_step' go together")
+    if 'reset_image' in arrays and ('image' not in arrays or arrays['reset_image'].shape != arrays['image'].shape[1:]):
+        raise ValueError(f"demo episode {name!r}: 'reset_image' needs 'image' frames of the same shape")
     os.makedirs(demo_dir, exist_ok=True)
     path = episode_path(demo_dir, name)
 
@@ -84,14 +92,41 @@ def _tensor(x: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float32))
 
 
-def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '') -> Iterator[Dict[str, Any]]:
-    """DI-engine transitions (the keys an off-policy learner reads) with the reward image where one was recorded."""
+def observation_images(episode: Mapping[str, np.ndarray], name: str,
+                       image_size: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+    """The T + 1 observation images of an episode (reset frame, then the frame after each step) as CxHxW uint8
+    tensors, resized to ``image_size`` [3, H, W] (None: as recorded)."""
+    steps = len(episode['obs'])
+    if 'reset_image' not in episode:
+        raise ValueError(f"demo episode {name!r} has no 'reset_image' (recorded before reset frames were stored, or "
+                         "without an image observation): it gives flat observations only; record it again, or load "
+                         "the demos without obs_image")
+    if 'image' not in episode or not np.array_equal(episode['image_step'], np.arange(steps)):
+        raise ValueError(f"demo episode {name!r}: image observations need a frame after every step "
+                         f"(image_step 0..{steps - 1})")
+    frames = [episode['reset_image']] + list(episode['image'])
+    if image_size is not None:
+        if len(image_size) != 3 or int(image_size[0]) != 3:
+            raise ValueError(f"demo observation image size must be [3, H, W], got {list(image_size)}")
+        frames = [resize_rgb(f, int(image_size[1]), int(image_size[2])) for f in frames]
+    return [torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))) for f in frames]
+
+
+def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '', obs_image: bool = False,
+                        obs_image_size: Optional[Sequence[int]] = None) -> Iterator[Dict[str, Any]]:
+    """DI-engine transitions (the keys an off-policy learner reads) with the reward image where one was recorded;
+    with ``obs_image`` the observations are ``dict(state, image)`` (``observation_images``; ``next_obs`` of step t
+    and ``obs`` of step t + 1 share their image)."""
     images = {}
     if 'image' in episode:
         images = {int(s): img for s, img in zip(episode['image_step'], episode['image'])}
+    obs_images = observation_images(episode, name, obs_image_size) if obs_image else None
     for t in range(len(episode['obs'])):
+        obs, next_obs = _tensor(episode['obs'][t]), _tensor(episode['next_obs'][t])
+        if obs_images is not None:
+            obs, next_obs = dict(state=obs, image=obs_images[t]), dict(state=next_obs, image=obs_images[t + 1])
         tr = dict(  # torch tensors, as DI-engine's collectors give them (the learner's collate stacks both sources)
-            obs=_tensor(episode['obs'][t]), next_obs=_tensor(episode['next_obs'][t]), action=_tensor(episode['action'][t]),
+            obs=obs, next_obs=next_obs, action=_tensor(episode['action'][t]),
             reward=_tensor([episode['reward'][t]]), done=bool(episode['done'][t]), success=bool(episode['success'][t]),
         )
         if t in images:
@@ -101,9 +136,13 @@ def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '') -> It
 
 
 def load_demo_transitions(demo_dir: str, expected_metadata: Optional[Mapping[str, Any]] = None,
-                          max_episodes: Optional[int] = None) -> List[Dict[str, Any]]:
+                          max_episodes: Optional[int] = None, obs_image: bool = False,
+                          obs_image_size: Optional[Sequence[int]] = None,
+                          success_only: bool = False) -> List[Dict[str, Any]]:
     """Every transition of the folder's episodes (sorted by name), after checking its metadata against
-    ``expected_metadata`` (keys the folder does not record are not checked)."""
+    ``expected_metadata`` (keys the folder does not record are not checked); ``obs_image``: image observations, see
+    ``episode_transitions``; ``success_only``: only the episodes that reach success (a folder that also holds the
+    near misses a classifier needs)."""
     if not os.path.isdir(demo_dir):
         raise FileNotFoundError(f"demo folder not found: {demo_dir}")
     names = episode_names(demo_dir)[:max_episodes]
@@ -115,7 +154,12 @@ def load_demo_transitions(demo_dir: str, expected_metadata: Optional[Mapping[str
                        source=f"demo folder {demo_dir}")
     out: List[Dict[str, Any]] = []
     for name in names:
-        out += list(episode_transitions(read_episode(episode_path(demo_dir, name)), name))
+        episode = read_episode(episode_path(demo_dir, name))
+        if success_only and not np.any(episode['success']):
+            continue
+        out += list(episode_transitions(episode, name, obs_image, obs_image_size))
+    if not out:
+        raise ValueError(f"no episode of {demo_dir} reaches success (demo_success_only): no demonstrations to use")
     return out
 
 

@@ -41,6 +41,13 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
         demo_env_metadata={},
         # (int) seed of the demo sampling
         demo_seed=0,
+        # (bool) image observations dict(state, image) from the recorded frames, for a policy that sees images (the
+        # episodes need their reset frame, ``reset_image``); False: the flat recorded observations
+        demo_obs_image=False,
+        # (list|None) [3, H, W] the demo observation images are resized to: the env's obs_image_size (None: as recorded)
+        demo_obs_image_size=None,
+        # (bool) only the episodes that reach success (the folder may also hold near misses, for the classifier)
+        demo_success_only=False,
     )
 
     def __init__(self, cfg: Any, tb_logger: Any = None, exp_name: Optional[str] = 'default_experiment',
@@ -52,7 +59,8 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
         if not 0.0 < self.demo_ratio < 1.0:
             raise ValueError(f"replay_buffer.demo_sample_ratio must be in (0, 1), got {self.demo_ratio}")
         transitions = load_demo_transitions(cfg.demo_path, dict(cfg.get('demo_env_metadata') or {}),
-                                            cfg.get('demo_max_episodes'))
+                                            cfg.get('demo_max_episodes'), bool(cfg.get('demo_obs_image', False)),
+                                            cfg.get('demo_obs_image_size'), bool(cfg.get('demo_success_only', False)))
         self.demos = DemoBuffer(transitions, seed=int(cfg.get('demo_seed', 0)))
         super().__init__(cfg, tb_logger, exp_name, instance_name)
 

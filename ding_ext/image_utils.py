@@ -222,3 +222,15 @@ def to_uint8_hwc(image: ImageBatch) -> np.ndarray:
     if x.dtype != torch.uint8:
         x = (x.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
     return x.cpu().numpy()
+
+
+def resize_rgb(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """HxWx3 uint8 resized to (height, width) (area interpolation when shrinking); unchanged when already so. The
+    Franka env resizes camera frames with it, and the demo loader resizes recorded frames to the policy's image size
+    with it (one path for online and demo observations)."""
+    if frame.shape[:2] == (height, width):
+        return np.ascontiguousarray(frame, dtype=np.uint8)
+    import cv2
+    shrinking = frame.shape[0] > height or frame.shape[1] > width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(frame, (width, height), interpolation=interpolation), dtype=np.uint8)

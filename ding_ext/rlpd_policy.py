@@ -11,10 +11,12 @@ SAC with the three changes RLPD makes for learning from few env samples next to 
 plus symmetric sampling (half demonstrations, half online data in each batch), which lives in the
 entry's demo buffer (``demo_buffer`` config block). Registered names: ``rlpd``, ``rlpd_command``,
 ``rlpd_reward_image`` and ``rlpd_reward_image_command`` (transitions keep the reward image and success
-flag, see ``ding_ext.policies``). Model: ``rlpd_qac`` (``RLPDActorCritic``).
+flag, see ``ding_ext.policies``). Model: ``rlpd_qac`` (``RLPDActorCritic``): flat observations, or with
+``model.image_shape`` camera images plus state through a shared conv encoder (``ding_ext.image_encoder``; the critic
+loss trains it, the actor reads its features detached, as pixel SAC / DrQ do).
 """
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -22,9 +24,11 @@ import torch.nn.functional as F
 from ding.policy import SACPolicy
 from ding.policy.command_mode_policy_instance import DummyCommandModePolicy
 from ding.policy.common_utils import default_preprocess_learn
+from ding.torch_utils import to_device
 from ding.utils import MODEL_REGISTRY, POLICY_REGISTRY
 from torch.distributions import Independent, Normal
 
+from .image_encoder import ImageStateEncoder, check_image_obs
 from .policies import with_reward_image
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -65,25 +69,34 @@ class CriticEnsemble(nn.Module):
 
 @MODEL_REGISTRY.register('rlpd_qac')
 class RLPDActorCritic(nn.Module):
-    """Gaussian actor (tanh-squashed by the policy) and a LayerNorm critic ensemble, for flat observations.
+    """Gaussian actor (tanh-squashed by the policy) and a LayerNorm critic ensemble.
+
+    Flat observations by default; with ``image_shape`` the observations are ``dict(state=(obs_shape,), image=
+    image_shape)`` and one ``ImageStateEncoder`` (``ding_ext.image_encoder``, options in ``encoder``) turns them into
+    the features both heads read: the critics train it, the actor gets its features detached.
 
     ``forward(obs, mode='compute_actor')`` -> ``{'logit': [mu, sigma]}``;
-    ``forward({'obs', 'action'}, mode='compute_critic')`` -> ``{'q_value': (num_critics, B)}``.
+    ``forward({'obs', 'action'}, mode='compute_critic')`` -> ``{'q_value': (num_critics, B)}``;
+    ``encode(obs)``, ``actor_logit(features)`` and ``q_values(features, action)`` are the same steps on features
+    computed once (the learner encodes each batch once).
     """
     mode = ['compute_actor', 'compute_critic']
 
     def __init__(self, obs_shape: int, action_shape: int, num_critics: int = 2, hidden_size: int = 256,
-                 num_layers: int = 2, critic_layer_norm: bool = True, **kwargs: Any) -> None:
+                 num_layers: int = 2, critic_layer_norm: bool = True, image_shape: Optional[List[int]] = None,
+                 encoder: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__()
         if int(num_critics) < 2:
             raise ValueError(f"rlpd_qac needs num_critics >= 2 (the TD target takes a minimum), got {num_critics}")
         obs_shape, action_shape = int(obs_shape), int(action_shape)
-        dims = [obs_shape] + [hidden_size] * num_layers
+        self.encoder = ImageStateEncoder(image_shape, obs_shape, **dict(encoder or {})) if image_shape else None
+        features = self.encoder.out_dim if self.encoder is not None else obs_shape
+        dims = [features] + [hidden_size] * num_layers
         trunk = []
         for a, b in zip(dims[:-1], dims[1:]):
             trunk += [nn.Linear(a, b), nn.ReLU()]
         self.actor = nn.Sequential(*trunk, nn.Linear(hidden_size, 2 * action_shape))
-        self.critic = CriticEnsemble(int(num_critics), obs_shape + action_shape, hidden_size, num_layers,
+        self.critic = CriticEnsemble(int(num_critics), features + action_shape, hidden_size, num_layers,
                                      critic_layer_norm)
         self.action_shape = action_shape
 
@@ -93,20 +106,36 @@ class RLPDActorCritic(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         return [mu, log_std.exp()]
 
-    def action_noise(self, obs: torch.Tensor) -> torch.Tensor:
+    def encode(self, obs: Any, detach: bool = False) -> torch.Tensor:
+        """The features the heads read: the flat observation itself, or the image encoder's output."""
+        if self.encoder is None:
+            if isinstance(obs, Mapping):
+                raise ValueError(f"rlpd_qac got dict observations (keys {sorted(obs)}) but has no image encoder: "
+                                 "set model.image_shape (and obs_shape to the state size)")
+            return obs
+        check_image_obs(obs, 'rlpd_qac')
+        features = self.encoder(obs)
+        return features.detach() if detach else features
+
+    def actor_logit(self, features: torch.Tensor) -> List[torch.Tensor]:
+        return self._gaussian(self.actor(features))
+
+    def q_values(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if action.dim() == 1:
+            action = action.unsqueeze(-1)
+        return self.critic(torch.cat([features, action], dim=-1))
+
+    def action_noise(self, features: torch.Tensor) -> torch.Tensor:
         """The actor's sigma with the actor's hidden layers held fixed (gradients reach its last layer only)."""
         with torch.no_grad():
-            features = self.actor[:-1](obs)
-        return self._gaussian(self.actor[-1](features))[1]
+            hidden = self.actor[:-1](features)
+        return self._gaussian(self.actor[-1](hidden))[1]
 
     def forward(self, inputs: Any, mode: str) -> Dict[str, Any]:
         if mode == 'compute_actor':
-            return {'logit': self._gaussian(self.actor(inputs))}
+            return {'logit': self.actor_logit(self.encode(inputs, detach=True))}
         if mode == 'compute_critic':
-            action = inputs['action']
-            if action.dim() == 1:
-                action = action.unsqueeze(-1)
-            return {'q_value': self.critic(torch.cat([inputs['obs'], action], dim=-1))}
+            return {'q_value': self.q_values(self.encode(inputs['obs']), inputs['action'])}
         raise ValueError(f"unknown mode {mode!r}; expected one of {self.mode}")
 
 
@@ -117,6 +146,18 @@ def _squashed_sample(mu: torch.Tensor, sigma: torch.Tensor):
     action = torch.tanh(pre)
     log_prob = dist.log_prob(pre) - torch.log(1 - action.pow(2) + 1e-6).sum(-1)
     return action, log_prob
+
+
+def _stack_obs(observations: List[Any]) -> Any:
+    """A batch of flat observations (float32) or of dict observations (each entry stacked as it is: uint8 images
+    stay uint8)."""
+    if isinstance(observations[0], Mapping):
+        return {k: torch.stack([torch.as_tensor(o[k]) for o in observations]) for k in observations[0]}
+    return torch.stack([torch.as_tensor(o, dtype=torch.float32) for o in observations])
+
+
+def _index_obs(obs: Any, idx: torch.Tensor) -> Any:
+    return {k: v[idx] for k, v in obs.items()} if isinstance(obs, Mapping) else obs[idx]
 
 
 @POLICY_REGISTRY.register('rlpd')
@@ -162,25 +203,31 @@ class RLPDPolicy(SACPolicy):
         self._updates = 0
         if not 1 <= self._critic_subset <= n:
             raise ValueError(f"learn.critic_subset must be in [1, num_critics={n}], got {self._critic_subset}")
+        if getattr(self._model, 'encoder', None) is not None:  # the critic loss trains the shared image encoder
+            self._optimizer_q = torch.optim.Adam(
+                list(self._model.critic.parameters()) + list(self._model.encoder.parameters()),
+                lr=self._cfg.learn.learning_rate_q
+            )
 
     def _forward_learn(self, data: List[Dict[str, Any]]) -> Dict[str, Any]:
         data = default_preprocess_learn(data, use_priority=False, use_priority_IS_weight=False,
                                         ignore_done=self._cfg.learn.ignore_done, use_nstep=False)
         self._learn_model.train()
         self._target_model.train()
+        model, target_model = self._learn_model, self._target_model
         obs, next_obs = data['obs'], data['next_obs']
         reward, done = data['reward'].reshape(-1), data['done'].float().reshape(-1)
 
         with torch.no_grad():
-            mu, sigma = self._learn_model.forward(next_obs, mode='compute_actor')['logit']
+            mu, sigma = model.actor_logit(model.encode(next_obs))
             next_action, next_log_prob = _squashed_sample(mu, sigma)
-            target_q = self._target_model.forward({'obs': next_obs, 'action': next_action},
-                                                  mode='compute_critic')['q_value']
+            target_q = target_model.q_values(target_model.encode(next_obs), next_action)
             subset = torch.randperm(target_q.shape[0])[:self._critic_subset]
             target_v = target_q[subset].min(dim=0).values - self._alpha * next_log_prob
             target = reward + self._gamma * (1 - done) * target_v
 
-        q = self._learn_model.forward({'obs': obs, 'action': data['action']}, mode='compute_critic')['q_value']
+        features = model.encode(obs)  # with an image encoder: trained by the critic loss only
+        q = model.q_values(features, data['action'])
         critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction='none').mean(dim=1).sum()
         self._optimizer_q.zero_grad()
         critic_loss.backward()
@@ -193,9 +240,10 @@ class RLPDPolicy(SACPolicy):
             out.update(policy_loss=0.0, **({'alpha_loss': 0.0} if self._auto_alpha else {}),
                        **({'bc_loss': 0.0} if self._bc_weight > 0 else {}))
             return self._learn_output(out, q, target, None)
-        mu, sigma = self._learn_model.forward(obs, mode='compute_actor')['logit']
+        features = features.detach()  # the actor's loss does not reach the encoder
+        mu, sigma = model.actor_logit(features)
         action, log_prob = _squashed_sample(mu, sigma)
-        q_pi = self._learn_model.forward({'obs': obs, 'action': action}, mode='compute_critic')['q_value'].mean(0)
+        q_pi = model.q_values(features, action).mean(0)
         policy_loss = (self._alpha * log_prob - q_pi).mean()
         bc_loss = None
         if self._bc_weight > 0 and 'is_demo' in data and bool(data['is_demo'].any()):
@@ -252,7 +300,7 @@ class RLPDPolicy(SACPolicy):
             return None
         if not transitions:
             raise ValueError("learn.bc_pretrain_iterations > 0 needs demonstrations, and the demo buffer is empty")
-        obs = torch.stack([torch.as_tensor(t['obs'], dtype=torch.float32) for t in transitions]).to(self._device)
+        obs = to_device(_stack_obs([t['obs'] for t in transitions]), self._device)
         action = torch.stack([torch.as_tensor(t['action'], dtype=torch.float32) for t in transitions]).to(self._device)
         action = action.reshape(len(transitions), -1).clamp(-1.0, 1.0)
         target_noise = float(self._cfg.learn.get('bc_action_noise', 0.03))
@@ -260,11 +308,13 @@ class RLPDPolicy(SACPolicy):
             raise ValueError(f"learn.bc_action_noise must be > 0 (the actor's pre-tanh std after cloning), got {target_noise}")
         self._learn_model.train()
         losses = []
+        n = len(transitions)
         for _ in range(iterations):
-            idx = torch.randint(len(obs), (min(int(self._cfg.learn.batch_size), len(obs)), ), device=obs.device)
-            mu = self._learn_model.forward(obs[idx], mode='compute_actor')['logit'][0]
+            idx = torch.randint(n, (min(int(self._cfg.learn.batch_size), n), ), device=action.device)
+            features = self._model.encode(_index_obs(obs, idx), detach=True)  # (the encoder learns with the critics)
+            mu = self._model.actor_logit(features)[0]
             # the mean action by squared error; the noise, through the last layer only, to bc_action_noise
-            sigma = self._model.action_noise(obs[idx])
+            sigma = self._model.action_noise(features)
             noise = (sigma.log() - math.log(target_noise)).pow(2).sum(-1).mean()
             loss = (torch.tanh(mu) - action[idx]).pow(2).sum(-1).mean() + noise
             self._optimizer_policy.zero_grad()

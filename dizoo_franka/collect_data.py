@@ -14,7 +14,9 @@ Defaults come from ``dizoo_franka/config/realworld_collect_data.py`` (``num_data
 format of ``ding_ext.demo_episodes`` (so the folder serves as RLPD demonstrations), with per step ``obs`` /
 ``next_obs`` (the state vector), ``action`` (the action actually sent), ``reward``, ``done``, ``success`` (the
 pose-based label), ``human_label`` (-1 none, 0 failure, 1 success), ``at_target``, ``tcp_pos``, and ``image``
-(the camera frame after every step). An interruption loses at most the current episode, and running the command
+(the camera frame after every step), plus ``reset_image``, the frame of the reset observation (``obs_mode``
+'state_image'): with it the episodes also serve as demos for a policy that sees images (the image of observation t
+is the frame after step t - 1). An interruption loses at most the current episode, and running the command
 again resumes the count. A lost connection ends the run after saving the episode so far.
 """
 import argparse
@@ -36,6 +38,7 @@ def record_episode(env: FrankaEnv, driver) -> Dict[str, np.ndarray]:
     """Run one episode with ``driver``; the per-step arrays of the module docstring (``connection_lost`` and the
     error, when there was one, as extra entries)."""
     obs = env.reset()
+    reset_image = np.ascontiguousarray(obs['image'].transpose(1, 2, 0)) if isinstance(obs, dict) else None
     driver.reset(env)
     rows: List[Dict[str, Any]] = []
     info: Dict[str, Any] = {}
@@ -55,6 +58,11 @@ def record_episode(env: FrankaEnv, driver) -> Dict[str, np.ndarray]:
     episode = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
     episode['human_label'] = episode['human_label'].astype(np.int8)
     episode['image_step'] = np.arange(len(rows))
+    if reset_image is not None:
+        if reset_image.shape != episode['image'].shape[1:]:
+            raise ValueError(f"the observation image ({reset_image.shape}) and the camera frames "
+                             f"({episode['image'].shape[1:]}) differ in size: collect with obs_image_size unset")
+        episode['reset_image'] = reset_image
     episode['connection_lost'] = np.array(bool(info.get('connection_lost', False)))
     episode['error'] = np.array(str(info.get('error', '')))
     return episode
@@ -70,10 +78,25 @@ def collection_metadata(env_cfg: EasyDict, driver: str) -> Dict[str, Any]:
     return dict(meta, env='franka', source=f'franka_collect_{driver}')
 
 
+# collection settings a demo folder must share with the env that learns from it (RLPD's demo buffer checks them)
+DEMO_CHECK_KEYS = ('env', 'action_scale', 'control_hz', 'use_rotation', 'use_gripper', 'image_size', 'target_ee_pose')
+
+
+def demo_check_metadata(env_cfg: EasyDict) -> Dict[str, Any]:
+    """``collection_metadata``'s ``DEMO_CHECK_KEYS`` for an env config (the env's defaults filled in)."""
+    full = FrankaEnv.default_config()
+    full.update(copy.deepcopy(dict(env_cfg)))
+    meta = collection_metadata(full, driver='')
+    return {k: meta[k] for k in DEMO_CHECK_KEYS}
+
+
 def collect(cfg: EasyDict, out_dir: str, log=print) -> List[str]:
     """Collect until ``out_dir`` holds ``cfg.collect.num_data_episodes`` episodes; returns the episode paths
     written by this call. Stops early (after saving) when the connection is lost."""
     collect_cfg = cfg.collect
+    if cfg.env.get('obs_image_size') is not None:
+        raise ValueError("collect with env.obs_image_size unset: the reset frame is recorded from the observation "
+                         "image, at the camera frames' image_size (the demo loader resizes for the policy)")
     env = FrankaEnv(cfg.env)  # connects in its first reset()
     write_metadata(out_dir, collection_metadata(env._cfg, collect_cfg.driver))
     done_names = episode_names(out_dir)
@@ -136,12 +159,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             cfg.env.camera = parse_camera(args.camera)
         collect(cfg, out_dir)
         return
-    from .sim_cell_process import SimCellProcess
+    from .sim_cell_process import SimCellProcess, sim_env_overrides
     if not args.driver:
         cfg.collect.driver = 'scripted'
     with SimCellProcess(os.path.join(out_dir, 'sim_cell')) as cell:
-        cfg.env.update(robot_ip=cell.ready['robot_ip'], realtime_config='ignore',
-                       camera=dict(type='sim', host='127.0.0.1', port=cell.ready['camera_port']))
+        cfg.env.update(sim_env_overrides(cell.ready))
         collect(cfg, out_dir)
 
 

@@ -16,7 +16,10 @@ step, label, source, both labels), through ``ding_ext.image_dataset_writer``, so
   the two filters above; 0 keeps all.
 
 The failure/success ratio of the training split is the trainer's ``fail_success_ratio`` option (applied after its
-episode split, so validation keeps every frame).
+episode split, so validation keeps every frame). Only the frames after each step are labelled frames: an episode's
+``reset_image`` (the reset observation's frame, kept for image-observation demos) is not written. Each sidecar row
+also has ``target_dist``, the TCP's distance (m) from the folder's ``target_ee_pose`` (failures close to the target
+are the hard negatives a fidelity report looks at).
 """
 import argparse
 import os
@@ -73,6 +76,7 @@ def process(folder: str, label: str = 'pose', drop_idle: bool = False, idle_dist
         shutil.rmtree(out_dir)
     metadata = dict(read_metadata(folder), label_source=label, drop_idle=bool(drop_idle),
                     num_samples_per_episode=int(num_samples_per_episode))
+    target = metadata.get('target_ee_pose')
     writer = LabelledImageWriter(out_dir, target_success=10**9, target_failure=10**9, sample_rate_success=1.0,
                                  sample_rate_fail=1.0, metadata=metadata, progress=False)
     try:
@@ -80,10 +84,13 @@ def process(folder: str, label: str = 'pose', drop_idle: bool = False, idle_dist
             episode = read_episode(episode_path(folder, name))
             human = episode.get('human_label', np.full(len(episode['success']), -1))
             for t, success in select_frames(episode, label, drop_idle, idle_distance, num_samples_per_episode):
+                info = dict(episode_id=f'franka-{name}', step=t + 1, pose_label=bool(episode['success'][t]),
+                            human_label=int(human[t]), at_target=bool(episode['at_target'][t]))
+                if target is not None:
+                    dist = np.linalg.norm(np.asarray(episode['tcp_pos'][t]) - np.asarray(target[:3]))
+                    info['target_dist'] = round(float(dist), 5)
                 writer.add(episode['image'][t], success, source='robot' if label == 'pose' else 'human',
-                           frame_info=dict(episode_id=f'franka-{name}', step=t + 1,
-                                           pose_label=bool(episode['success'][t]), human_label=int(human[t]),
-                                           at_target=bool(episode['at_target'][t])))
+                           frame_info=info)
     finally:
         writer.close()
     log(f"{out_dir}: {writer.counts['success']} success and {writer.counts['failure']} failure frames "

@@ -84,8 +84,8 @@ def prepare_configs(input_cfg, seed, env_setting, cooptrain_reward, pretrain_rew
             create_cfg.reward_model = EasyDict(type=rm.get('type', 'resnet'), import_names=rm.import_names)
     apply_resume(cfg)
     buffer_cfg = cfg.policy.get('other', {}).get('replay_buffer', {})
-    if buffer_cfg.get('demo_path'):  # demos are checked against the env this run trains in
-        buffer_cfg.demo_env_metadata = demo_env_metadata(cfg.env)
+    if buffer_cfg.get('demo_path'):  # demos are checked against the env this run trains in (plus the config's own keys)
+        buffer_cfg.demo_env_metadata = {**dict(buffer_cfg.get('demo_env_metadata') or {}), **demo_env_metadata(cfg.env)}
         buffer_cfg.setdefault('demo_seed', seed)
     rerun = deepcopy(cfg), deepcopy(create_cfg)
     env_fn = None if env_setting is None else env_setting[0]

@@ -40,6 +40,7 @@ from easydict import EasyDict
 from tensorboardX import SummaryWriter
 
 from ding_ext.demo_episodes import DemoBuffer
+from ding_ext.demo_replay_buffer import DEMO_KEY
 from ding_ext.image_dataset_writer import LabelledImageWriter
 from ding_ext.reward_models import BaseImageRewardModel
 from ding_ext.transitions import strip_images
@@ -209,6 +210,14 @@ def num_updates(cfg: EasyDict, new_env_steps: int) -> int:
 NO_LIMIT = int(1e10)  # DI-engine's "no limit" for max_train_iter / max_env_step
 
 
+def count_rewards(counts: Dict[str, Dict[str, float]], batch: List[Dict[str, Any]]) -> None:
+    """Add a batch's rewards as the reward model gave them to ``counts`` ('demo' / 'online', by ``is_demo``)."""
+    for t in batch:
+        c = counts['demo' if t.get(DEMO_KEY, False) else 'online']
+        c['transitions'] += 1
+        c['reward_sum'] += float(torch.as_tensor(t['reward']).reshape(-1)[0])
+
+
 def _progress_bar(cfg: EasyDict, max_train_iter: int, max_env_step: int, envstep: int):
     """A tqdm bar over the run's finite budget (env steps, else iterations; None without one), showing the last eval
     success; ``progress: false`` at the config's top level turns it off."""
@@ -230,7 +239,9 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         from ding.entry.utils import random_collect
         random_collect(cfg.policy, w.policy, collector, collector._env, w.commander, w.replay_buffer,
                        postprocess_data_fn=partial(to_store, w))
-    history = dict(eval=[], agreement=[], alarm_stop=False, demo_pretrain=w.demo_pretrain)
+    history = dict(eval=[], agreement=[], alarm_stop=False, demo_pretrain=w.demo_pretrain,
+                   learned_rewards={'demo': dict(transitions=0, reward_sum=0.0),
+                                    'online': dict(transitions=0, reward_sum=0.0)})
     best_return, count = -np.inf, 0
 
     def evaluate() -> bool:
@@ -273,6 +284,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
                     break
             if rm is not None:  # an image reward model reuses the probabilities stored with the transitions
                 train_data = rm.estimate(train_data)
+                count_rewards(history['learned_rewards'], train_data)
             if not w.image_reward:  # an image reward model's estimate() already left the images out
                 train_data = strip_images(train_data)
             learner.train(train_data, collector.envstep)
@@ -303,6 +315,7 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
         rm.flush_debug_images()
     if w.image_writer is not None:
         history['images'] = dict(w.image_writer.counts)
+    history['envstep'], history['train_iter'] = collector.envstep, learner.train_iter
     collector.close()
     evaluator.close()
     if w.replay_buffer is not None:
@@ -339,7 +352,9 @@ def serial_pipeline_reward_model_onpolicy(
 
     ``max_train_iter`` counts the learner iterations of this run (a resumed policy continues from its
     checkpoint's iteration). Returns the policy; ``policy.history`` holds evaluations, reward-model
-    agreement per iteration and (stage 1) the image counts.
+    agreement per iteration, ``learned_rewards`` (transitions the learner received with the reward model's reward,
+    and their sum, for demos and online data), the final ``envstep`` and ``train_iter``, and (stage 1) the image
+    counts.
     """
     return _pipeline(True, input_cfg, seed, env_setting, model, max_train_iter, max_env_step, cooptrain_reward,
                      pretrain_reward)

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from ding_ext.image_utils import resize_rgb  # noqa: F401  (the env's resize; the demo loader uses the same)
+
 # must match dizoo_franka.sim_cell (that module runs in the robot-sim venv and is not imported here)
 FRAME_REQUEST = b"F"
 FRAME_HEADER = struct.Struct("!IHHH")  # n_bytes, height, width, channels
@@ -128,13 +130,3 @@ def make_camera(cfg: Mapping[str, Any]) -> Camera:
     if kind not in CAMERA_TYPES:
         raise ValueError(f"camera type must be one of {sorted(CAMERA_TYPES)}, got {kind!r}")
     return CAMERA_TYPES[kind](**cfg)
-
-
-def resize_rgb(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """HxWx3 uint8 resized to (height, width) (area interpolation when shrinking); unchanged when already so."""
-    if frame.shape[:2] == (height, width):
-        return np.ascontiguousarray(frame, dtype=np.uint8)
-    import cv2
-    shrinking = frame.shape[0] > height or frame.shape[1] > width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(frame, (width, height), interpolation=interpolation), dtype=np.uint8)

@@ -26,7 +26,8 @@ nothing. Each step sends one asynchronous Cartesian motion and then waits for th
 Observations: ``obs_mode='state'`` gives a flat float32 vector (``STATE_KEYS``: TCP position, TCP quaternion
 xyzw in the reset orientation's hemisphere, TCP linear and angular velocity, the estimated external force on the
 TCP, gripper width; ``dizoo_franka.envs.franky_arm``);
-``obs_mode='state_image'`` gives ``dict(state=..., image=CxHxW uint8)``. Every step puts the camera frame (HxWx3
+``obs_mode='state_image'`` gives ``dict(state=..., image=CxHxW uint8)`` (``obs_image_size``, default
+``image_size``). Every step puts the camera frame (HxWx3
 uint8 at ``image_size``) in ``info['reward_image']`` and the success flag in ``info['success']``, which is what
 the project's image reward models and RewardMonitor read.
 """
@@ -41,7 +42,9 @@ from ding.utils import ENV_REGISTRY
 from scipy.spatial.transform import Rotation
 
 from ding_ext.configured_env import ConfiguredEnv
+from ding_ext.learned_success import LearnedSuccess
 
+from . import connections
 from .cameras import Camera, make_camera, resize_rgb
 from .franky_arm import LOST_CONNECTION_ERRORS, STATE_DIM, STATE_KEYS, FrankyArm, is_control_error
 from .safety import SafetyBox, check_finite_action, rotation_angle
@@ -116,6 +119,9 @@ class FrankaEnv(ConfiguredEnv):
         camera=dict(type='sim', host='127.0.0.1', port=0),
         # (list) Image size [C, H, W] of the observation image and info['reward_image']; C must be 3.
         image_size=[3, 128, 128],
+        # (list|None) Size [3, H, W] of the observation image alone (obs_mode 'state_image'), e.g. smaller than
+        # image_size to keep a replay buffer of image observations small; None: image_size.
+        obs_image_size=None,
         # (str) 'state' (flat float32 vector) or 'state_image' (dict(state, image)).
         obs_mode='state_image',
         # (int) Number of collector envs (a real robot: 1, with the 'base' env manager).
@@ -138,14 +144,15 @@ class FrankaEnv(ConfiguredEnv):
                              f"{cfg.step_dynamics_factor} and {cfg.reset_dynamics_factor}")
         if float(cfg.max_tcp_speed) <= 0:
             raise ValueError(f"max_tcp_speed must be positive (m/s), got {cfg.max_tcp_speed}")
-        self.arm = FrankyArm(cfg.robot_ip, cfg.realtime_config, cfg.use_gripper, cfg.step_dynamics_factor,
-                             cfg.max_tcp_speed)
+        self.arm = self._own_arm()
         self._set_command_box()
         self._reset_pos, self._reset_rot = _pose_from_config(cfg.reset_ee_pose, 'reset_ee_pose')
         self._target_pos, self._target_rot = _pose_from_config(cfg.target_ee_pose, 'target_ee_pose')
         self._action_dim = 3 + 3 * bool(cfg.use_rotation) + bool(cfg.use_gripper)
         self._action_space = gym.spaces.Box(-1.0, 1.0, shape=(self._action_dim, ), dtype=np.float32)
-        _, height, width = (int(v) for v in cfg.image_size)
+        if cfg.obs_image_size is not None and (len(cfg.obs_image_size) != 3 or int(cfg.obs_image_size[0]) != 3):
+            raise ValueError(f"obs_image_size must be [3, H, W] or None, got {cfg.obs_image_size!r}")
+        _, height, width = (int(v) for v in (cfg.obs_image_size or cfg.image_size))
         state_space = gym.spaces.Box(-np.inf, np.inf, shape=(STATE_DIM, ), dtype=np.float32)
         if cfg.obs_mode == 'state':
             self._observation_space = state_space
@@ -153,16 +160,24 @@ class FrankaEnv(ConfiguredEnv):
             image_space = gym.spaces.Box(0, 255, shape=(3, height, width), dtype=np.uint8)
             self._observation_space = gym.spaces.Dict(dict(state=state_space, image=image_space))
         self._reward_space = gym.spaces.Box(-np.inf, np.inf, shape=(1, ), dtype=np.float32)
-        self.success_classifier = self._load_success_classifier() if cfg.terminate_on_learned_success else None
+        self.learned_success = LearnedSuccess(
+            cfg.learned_success_checkpoint, cfg.success_hold_steps, cfg.learned_success_threshold
+        ) if cfg.terminate_on_learned_success else None
         self.camera: Optional[Camera] = None
+        self._connection: Optional[connections.SharedConnection] = None
         self._rng = np.random.RandomState()
         self._last_obs = self._last_pose = self._last_image = None
         self._next_tick = 0.0
         self._episode_id = None
         self._episode_len = 0
         self._episode_return = 0.0
-        self._hold_count = self._learned_hold_count = 0
+        self._hold_count = 0
         self._success_once = False
+
+    def _own_arm(self) -> FrankyArm:
+        """A (not yet connected) arm with this env's settings."""
+        c = self._cfg
+        return FrankyArm(c.robot_ip, c.realtime_config, c.use_gripper, c.step_dynamics_factor, c.max_tcp_speed)
 
     @property
     def robot(self) -> Any:
@@ -175,26 +190,22 @@ class FrankaEnv(ConfiguredEnv):
         self.braking_margin = self.arm.braking_margin
         self.command_box = self.safety_box.shrunk(self.braking_margin)
 
-    def _load_success_classifier(self) -> Any:
-        from ding_ext.checkpoint_io import load_checkpoint
-        from ding_ext.evaluate_reward_model import build_model_from_checkpoint
-        path = self._cfg.learned_success_checkpoint
-        if not path:
-            raise ValueError("terminate_on_learned_success needs learned_success_checkpoint (a classifier checkpoint)")
-        threshold = self._cfg.learned_success_threshold
-        if threshold is None:
-            threshold = load_checkpoint(path)[1].get('calibrated_threshold', 0.5)
-        return build_model_from_checkpoint(path, 'cpu', float(threshold))
-
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
-        """Connect robot, gripper and camera (done by the first reset; nothing touches hardware before)."""
-        self.arm.connect()
-        self.camera = make_camera(self._cfg.camera)
+        """Connect robot, gripper and camera (done by the first reset; nothing touches hardware before). Envs of one
+        process share them (``connections``: a collector's and an evaluator's env take turns on one arm)."""
+
+        def open_connection():
+            self.arm.connect()
+            return self.arm, make_camera(self._cfg.camera)
+
+        self._connection = connections.acquire(self._cfg.robot_ip, self, open_connection)
+        self.arm, self.camera = self._connection.arm, self._connection.camera
         self._set_command_box()
 
     def _drop_connection(self) -> None:
         """Forget robot, gripper and camera after a lost connection (nothing is sent to them any more)."""
+        connections.drop(self._cfg.robot_ip)
         if self.camera is not None:
             try:
                 self.camera.close()
@@ -204,6 +215,9 @@ class FrankaEnv(ConfiguredEnv):
         self.camera = None
 
     def close(self) -> None:
+        if self.arm.connected and not connections.release(self._cfg.robot_ip, self):
+            self.arm, self.camera = self._own_arm(), None  # another env still drives them
+            return
         self.arm.close()
         if self.camera is not None:
             self.camera.close()
@@ -222,6 +236,7 @@ class FrankaEnv(ConfiguredEnv):
                 self._drop_connection()
                 raise ConnectionError(f"cannot connect to the robot at {self._cfg.robot_ip} or its camera "
                                       f"({type(e).__name__}: {e})") from e
+        connections.take_turn(self._connection, self)
         if self.robot.has_errors:
             self.robot.recover_from_errors()
         offset = self._rng.uniform(-1.0, 1.0, size=3) * np.asarray(self._cfg.reset_random_xyz, dtype=np.float64)
@@ -237,7 +252,9 @@ class FrankaEnv(ConfiguredEnv):
         self._episode_id = f"franka-{uuid.uuid4().hex[:10]}"
         self._episode_len = 0
         self._episode_return = 0.0
-        self._hold_count = self._learned_hold_count = 0
+        self._hold_count = 0
+        if self.learned_success is not None:
+            self.learned_success.reset()
         self._success_once = False
         self._next_tick = time.monotonic() + 1.0 / float(self._cfg.control_hz)
         obs, _ = self._observe()
@@ -249,6 +266,8 @@ class FrankaEnv(ConfiguredEnv):
         if action.shape != (self._action_dim, ):
             raise ValueError(f"action must have {self._action_dim} entries, got shape {action.shape}")
         check_finite_action(action)
+        if not connections.take_turn(self._connection, self):
+            return self._turn_lost()
         action = np.clip(action, -1.0, 1.0)
         info: Dict[str, Any] = {}
         error = None
@@ -288,8 +307,10 @@ class FrankaEnv(ConfiguredEnv):
         reward = float(success)
         self._episode_return += reward
         terminated = success and bool(self._cfg.terminate_on_success)
-        if self.success_classifier is not None and 'connection_lost' not in info:
-            terminated = self._learned_success(info) or terminated
+        if self.learned_success is not None and 'connection_lost' not in info:
+            prob, hold, learned = self.learned_success.update(info['reward_image'])
+            info.update(learned_success_prob=prob, learned_hold_steps=hold, learned_success=learned)
+            terminated = terminated or learned
         truncated = (error is not None or self._episode_len >= int(self._cfg.max_episode_steps)) and not terminated
         done = terminated or truncated
         info.update(
@@ -311,15 +332,18 @@ class FrankaEnv(ConfiguredEnv):
             info['episode_info'] = dict(success=float(success), success_once=float(self._success_once))
         return BaseEnvTimestep(obs, np.array([reward], dtype=np.float32), done, info)
 
-    def _learned_success(self, info: Dict[str, Any]) -> bool:
-        """Score this step's frame with the success classifier; True once it has seen success in
-        ``success_hold_steps`` consecutive frames (``info['learned_success']``)."""
-        prob = float(self.success_classifier.predict_proba([info['reward_image']])[0])
-        seen = prob > self.success_classifier.threshold
-        self._learned_hold_count = self._learned_hold_count + 1 if seen else 0
-        learned = self._learned_hold_count >= int(self._cfg.success_hold_steps)
-        info.update(learned_success_prob=prob, learned_hold_steps=self._learned_hold_count, learned_success=learned)
-        return learned
+    def _turn_lost(self) -> BaseEnvTimestep:
+        """The last step of an episode whose arm another env of this process drove since its previous step (an
+        evaluation between two collection calls): nothing is sent, the observation stays the last one, truncated."""
+        self._episode_len += 1
+        error = "another env of this process drove the arm since this episode's last step; the episode ends here"
+        info = dict(action_sent=np.zeros(self._action_dim, dtype=np.float32), at_target=False, hold_steps=0,
+                    success=False, success_once=self._success_once, episode_len=self._episode_len, terminated=False,
+                    truncated=True, error=error, reward_image=self._last_image,
+                    eval_episode_return=self._episode_return,
+                    frame_info=dict(episode_id=self._episode_id, step=self._episode_len, at_target=False),
+                    episode_info=dict(success=0.0, success_once=float(self._success_once)))
+        return BaseEnvTimestep(self._last_obs, np.zeros(1, dtype=np.float32), True, info)
 
     # ------------------------------------------------------------------ commands and observations
     def _send_action(self, action: np.ndarray, info: Dict[str, Any]) -> np.ndarray:
@@ -356,9 +380,13 @@ class FrankaEnv(ConfiguredEnv):
         if info is not None:
             info['reward_image'] = image
         pose = (np.asarray(state['tcp_pos'], dtype=np.float64), Rotation.from_quat(state['tcp_quat']))
-        obs = vector if self._cfg.obs_mode == 'state' else dict(
-            state=vector, image=np.ascontiguousarray(image.transpose(2, 0, 1))
-        )
+        if self._cfg.obs_mode == 'state':
+            obs = vector
+        else:
+            obs_image = image
+            if self._cfg.obs_image_size is not None:
+                obs_image = resize_rgb(image, *self._observation_space['image'].shape[1:])
+            obs = dict(state=vector, image=np.ascontiguousarray(obs_image.transpose(2, 0, 1)))
         self._last_obs, self._last_pose, self._last_image = obs, pose, image  # what a lost connection returns
         return obs, pose
 

@@ -33,6 +33,7 @@ def test_collect_writes_one_file_per_episode_and_resumes(sim_cell, tmp_path):
         steps = len(episode["action"])
         assert 0 < steps <= 20 and episode["image"].shape == (steps, 32, 32, 3)
         assert episode["obs"].shape == (steps, STATE_DIM) and np.array_equal(episode["image_step"], np.arange(steps))
+        assert episode["reset_image"].shape == (32, 32, 3)  # the reset observation's frame (image observations)
         assert np.all(episode["human_label"] == UNLABELLED) and not episode["connection_lost"]
         np.testing.assert_array_equal(episode["obs"][1:], episode["next_obs"][:-1])
         # the scripted driver went down towards the hole (it starts 5 cm above the inserted pose)
@@ -47,10 +48,14 @@ def test_collect_writes_one_file_per_episode_and_resumes(sim_cell, tmp_path):
     assert [os.path.basename(p) for p in written] == ["episode_0002.npz"]
     assert episode_names(out) == ["0000", "0001", "0002"]
     assert [os.path.getmtime(p) for p in (os.path.join(out, f"episode_000{i}.npz") for i in range(2))] == mtimes
-    # the folder is an RLPD demo folder
+    # the folder is an RLPD demo folder, for flat and for image observations
     transitions = load_demo_transitions(out, expected_metadata=dict(env="franka"))
     assert len(transitions) == sum(len(read_episode(os.path.join(out, f"episode_000{i}.npz"))["action"])
                                    for i in range(3))
+    with_images = load_demo_transitions(out, obs_image=True)
+    assert len(with_images) == len(transitions) and with_images[0]["obs"]["image"].shape == (3, 32, 32)
+    # the image of each observation is the frame after the previous step (the reset frame first)
+    assert np.array_equal(with_images[1]["obs"]["image"].numpy().transpose(1, 2, 0), transitions[0]["reward_image"])
 
 
 def test_keyboard_labels_stick_until_changed():

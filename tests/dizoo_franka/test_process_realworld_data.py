@@ -62,6 +62,18 @@ def test_process_writes_the_dataset_with_episode_ids(tmp_path):
     assert len(rows) == 6 and {r["step"] for r in rows} == {1, 5, 10}
 
 
+def test_process_skips_the_reset_frame_and_records_the_target_distance(tmp_path):
+    folder = str(tmp_path / "logs")
+    write_metadata(folder, dict(env="franka", image_size=[3, 8, 8], target_ee_pose=[0.0, 0.0, 0.0, 3.14, 0.0, 0.0]))
+    write_episode(folder, "0000", dict(fake_episode(), reset_image=np.full((8, 8, 3), 255, np.uint8)))
+    result = process(folder, log=lambda *_: None)
+    assert result["counts"] == dict(success=3, failure=7)  # the frames after the 10 steps; no reset frame
+    rows = [json.loads(line) for line in open(os.path.join(result["out_dir"], SIDECAR_FILE))]
+    # the TCP moves 1 cm per step along every axis (fake_episode) from the origin, where the target is
+    by_step = {r["step"]: r["target_dist"] for r in rows}
+    assert by_step[1] == 0.0 and by_step[2] == pytest.approx(0.01 * np.sqrt(3), abs=1e-5)
+
+
 def test_process_errors_are_clear(tmp_path):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])  # no episodes: a message, exit status 1
