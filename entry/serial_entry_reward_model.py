@@ -260,52 +260,55 @@ def _run(w: Workers, max_train_iter: int, max_env_step: int, onpolicy: bool) -> 
     evaluator.should_eval(learner.train_iter)
     stopped = evaluate()
     bar = _progress_bar(cfg, max_train_iter, max_env_step, collector.envstep)
-    while not stopped:
-        collect_kwargs = w.commander.step()
-        if evaluator.should_eval(learner.train_iter):
-            if evaluate():
-                stopped = True
-                break
-        envstep_before = collector.envstep
-        new_data = collector.collect(train_iter=learner.train_iter, policy_kwargs=collect_kwargs)
-        if w.image_writer is not None:
-            w.image_writer.add_transitions(new_data, step=collector.envstep)
-        if rm is not None:
-            update_reward_model(w, new_data, count, history)
-        if w.replay_buffer is not None:
-            w.replay_buffer.push(to_store(w, new_data), cur_collector_envstep=collector.envstep)
-        for i in range(num_updates(cfg, collector.envstep - envstep_before)):
-            if onpolicy:
-                train_data = new_data
-            else:
-                train_data = w.replay_buffer.sample(learner.policy.get_attribute('batch_size'), learner.train_iter)
-                if train_data is None:
-                    logging.warning(f"replay buffer holds too little data to train: stopped after {i} updates")
+    try:  # the bar closes (its line ends) also when the loop raises
+        while not stopped:
+            collect_kwargs = w.commander.step()
+            if evaluator.should_eval(learner.train_iter):
+                if evaluate():
+                    stopped = True
                     break
-            if rm is not None:  # an image reward model reuses the probabilities stored with the transitions
-                train_data = rm.estimate(train_data)
-                count_rewards(history['learned_rewards'], train_data)
-            if not w.image_reward:  # an image reward model's estimate() already left the images out
-                train_data = strip_images(train_data)
-            learner.train(train_data, collector.envstep)
-            if not onpolicy and learner.policy.get_attribute('priority') and w.demo_buffer is None:
-                w.replay_buffer.update(learner.priority_info)
-        count += 1
+            envstep_before = collector.envstep
+            new_data = collector.collect(train_iter=learner.train_iter, policy_kwargs=collect_kwargs)
+            if w.image_writer is not None:
+                w.image_writer.add_transitions(new_data, step=collector.envstep)
+            if rm is not None:
+                update_reward_model(w, new_data, count, history)
+            if w.replay_buffer is not None:
+                w.replay_buffer.push(to_store(w, new_data), cur_collector_envstep=collector.envstep)
+            for i in range(num_updates(cfg, collector.envstep - envstep_before)):
+                if onpolicy:
+                    train_data = new_data
+                else:
+                    train_data = w.replay_buffer.sample(learner.policy.get_attribute('batch_size'), learner.train_iter)
+                    if train_data is None:
+                        logging.warning(f"replay buffer holds too little data to train: stopped after {i} updates")
+                        break
+                if rm is not None:  # an image reward model reuses the probabilities stored with the transitions
+                    train_data = rm.estimate(train_data)
+                    count_rewards(history['learned_rewards'], train_data)
+                if not w.image_reward:  # an image reward model's estimate() already left the images out
+                    train_data = strip_images(train_data)
+                learner.train(train_data, collector.envstep)
+                if not onpolicy and learner.policy.get_attribute('priority') and w.demo_buffer is None:
+                    w.replay_buffer.update(learner.priority_info)
+            count += 1
+            if bar is not None:
+                bar.update((collector.envstep if bar.unit == 'step' else learner.train_iter - start_iter) - bar.n)
+                last = history['eval'][-1]
+                bar.set_postfix(eval_success=last.get('success_mean', float('nan')), at_step=last['envstep'],
+                                refresh=False)
+            if w.monitor is not None and w.monitor.should_stop:
+                history['alarm_stop'] = True
+                break
+            if w.image_writer is not None and w.image_writer.done and \
+                    cfg.reward_data_collection.get('stop_when_done', True):
+                logging.info("reward_data_collection: both image targets reached, stopping")
+                break
+            if collector.envstep >= max_env_step or learner.train_iter - start_iter >= max_train_iter:
+                break
+    finally:
         if bar is not None:
-            bar.update((collector.envstep if bar.unit == 'step' else learner.train_iter - start_iter) - bar.n)
-            last = history['eval'][-1]
-            bar.set_postfix(eval_success=last.get('success_mean', float('nan')), at_step=last['envstep'], refresh=False)
-        if w.monitor is not None and w.monitor.should_stop:
-            history['alarm_stop'] = True
-            break
-        if w.image_writer is not None and w.image_writer.done and \
-                cfg.reward_data_collection.get('stop_when_done', True):
-            logging.info("reward_data_collection: both image targets reached, stopping")
-            break
-        if collector.envstep >= max_env_step or learner.train_iter - start_iter >= max_train_iter:
-            break
-    if bar is not None:
-        bar.close()
+            bar.close()
     if not stopped and history['eval'][-1]['train_iter'] != learner.train_iter:
         evaluate()  # the policy as it leaves this run
     learner.call_hook('after_run')
