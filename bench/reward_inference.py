@@ -27,7 +27,6 @@ traceback is printed and recorded, and the baseline rows are measured anyway.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -58,6 +57,7 @@ except Exception:  # noqa: BLE001  (a machine without a working DI-engine still 
         os.replace(path + '.tmp', path)
 
 from bench.machine import machine  # noqa: E402
+from bench.timing import images_per_second, time_in_turns  # noqa: E402
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
@@ -88,22 +88,7 @@ def baseline_fn(net: nn.Module, batch: np.ndarray, device: torch.device, dtype: 
 
 def throughput(fn, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:
     """Median images/s over ``repeats`` timed runs of about seconds/repeats each, after ``warmup`` calls."""
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    iters = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        rates.append(n_images * iters / (time.perf_counter() - t0))
-    return dict(img_s=statistics.median(rates), rates=rates, iters=iters)
+    return compare({'fn': fn}, n_images, seconds, warmup, device, repeats)['fn']
 
 
 def ours_model(size: int, precision: str, device: torch.device, channels_last, compile_: bool):
@@ -118,25 +103,8 @@ def ours_model(size: int, precision: str, device: torch.device, channels_last, c
 
 def compare(fns: dict, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:
     """``throughput`` of several functions, timed in turns: every repeat times each function once."""
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    iters = {}
-    for k, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        iters[k] = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
-    rates = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(iters[k]):
-                fn()
-            sync()
-            rates[k].append(n_images * iters[k] / (time.perf_counter() - t0))
-    return {k: dict(img_s=statistics.median(r), rates=r, iters=iters[k]) for k, r in rates.items()}
+    timings = time_in_turns(fns, seconds, warmup, device, repeats)
+    return {k: images_per_second(t, n_images) for k, t in timings.items()}
 
 
 def parse_layout(v: str):

@@ -35,6 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from bench.timing import time_in_turns  # noqa: E402
 os.environ.pop('DEBUG_IMAGE_SAVE_DIR', None)  # the model must not write the scored images while being timed
 
 
@@ -58,23 +59,9 @@ def seconds_per_call(fn, seconds: float, warmup: int, device: torch.device, repe
     """Median seconds per call over ``repeats`` timed runs of about seconds/repeats each (at least one call each),
     after ``warmup`` calls: wall-clock ``s``, and ``cpu_s``, the CPU time this process used per call (on a CPU shared
     with other jobs the wall clock also counts their turns; with one thread, cpu_s does not)."""
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    iters = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-6)))
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(iters):
-            fn()
-        sync()
-        times.append((time.perf_counter() - t0) / iters)
-        cpu_times.append((time.process_time() - c0) / iters)
-    return dict(s=statistics.median(times), cpu_s=statistics.median(cpu_times), times=times, iters=iters)
+    t = time_in_turns({'fn': fn}, seconds, warmup, device, repeats)['fn']
+    return dict(s=statistics.median(t['times']), cpu_s=statistics.median(t['cpu_times']), times=t['times'],
+                iters=t['iters'])
 
 
 def make_model(model_path: str, frames: int, image_size: int, precision: str, device: torch.device):
