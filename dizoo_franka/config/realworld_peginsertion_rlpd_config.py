@@ -39,6 +39,7 @@ import copy
 
 from easydict import EasyDict
 
+from ding_ext.rlpd_policy import RLPD_DEMO_LEARN
 from dizoo_franka.collect_data import demo_check_metadata
 from dizoo_franka.config.realworld_collect_data import main_config as collect_config
 from dizoo_franka.envs.franka_env import STATE_DIM
@@ -80,17 +81,13 @@ main_config = EasyDict(dict(
             num_critics=2, hidden_size=256, num_layers=2, critic_layer_norm=True,
         ),
         learn=dict(
-            batch_size=128, learning_rate_q=3e-4, learning_rate_policy=3e-4, learning_rate_alpha=3e-4,
-            auto_alpha=True, discount_factor=0.95, target_theta=0.005, critic_subset=2, ignore_done=True,
+            # the PickCube recipe's learner (see README): clone the demos, keep the actor near them, little noise
+            RLPD_DEMO_LEARN,
+            batch_size=128, discount_factor=0.95,
             # gradient updates per env step (our entry); DI-engine's entry uses update_per_collect (= utd x n_sample)
             utd_ratio=1.0,
             update_per_collect=64,
-            # the PickCube recipe's settings (see README): clone the demos, keep the actor near them, little noise
             bc_pretrain_iterations=1000,
-            bc_weight=10.0,
-            alpha=0.01,
-            target_entropy=-12,
-            bc_action_noise=0.03,
             learner=dict(hook=dict(save_ckpt_after_iter=1000, save_ckpt_after_run=True)),
         ),
         collect=dict(n_sample=64),

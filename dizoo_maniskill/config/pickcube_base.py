@@ -8,6 +8,8 @@ from copy import deepcopy
 
 from easydict import EasyDict
 
+from ding_ext.rlpd_policy import RLPD_DEMO_LEARN
+
 # ---- env ----------------------------------------------------------------------------------------
 REWARD_IMAGE_SETTINGS = dict(
     # (str) controller of the Panda; 8-dim joint deltas
@@ -104,24 +106,14 @@ RLPD = dict(
         critic_layer_norm=True,
     ),
     learn=dict(
-        batch_size=256, learning_rate_q=3e-4, learning_rate_policy=3e-4, learning_rate_alpha=3e-4, auto_alpha=True,
-        discount_factor=0.9, target_theta=0.005, critic_subset=2, ignore_done=True,
+        RLPD_DEMO_LEARN,
+        batch_size=256, discount_factor=0.9,
         # gradient updates per env step (one SAC update takes ~20 ms on 2 CPU cores); our entry applies it to the env
         # steps each iteration collects, DI-engine's entry uses update_per_collect (= utd_ratio x n_sample)
         utd_ratio=1.0,
         update_per_collect=64,
-        # the actor first clones the demos (2000 steps), and a strong behaviour-cloning term keeps it near them while
-        # the critics learn: with bc_weight 1 or 2.5 the untrained critics' gradients pulled a cloned policy from 80%
-        # success to 10-15% within 1000 updates; with 10 it stayed at 80-100% (oracle reward, 40 scripted demos)
+        # the actor first clones the demos (2000 steps; RLPD_DEMO_LEARN's bc_weight keeps it near them)
         bc_pretrain_iterations=2000,
-        bc_weight=10.0,
-        # little action noise: PickCube's success needs the robot static at the goal, and SAC's default noise
-        # (alpha 0.2, target entropy -4) kept it moving: 0 successes in 5,376 collected steps while the same policy
-        # succeeded in 15-45% of its deterministic eval episodes. The cloned actor starts at pre-tanh std 0.03:
-        # 58 of 500 collected steps succeeded (20 demos), 6 at 0.1, 0 with the noise fitted to the demos
-        alpha=0.01,
-        target_entropy=-12,
-        bc_action_noise=0.03,
         learner=dict(hook=dict(save_ckpt_after_iter=5000, save_ckpt_after_run=True)),
     ),
     collect=dict(n_sample=64),
