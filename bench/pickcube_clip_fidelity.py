@@ -7,7 +7,7 @@ comparison isolates what the earlier frame adds. Reports precision and recall on
 "cube at the goal, arm still moving" ones included) at the validation-calibrated threshold and at 0.5, and the false
 positives among the ambiguous frames. Writes ``bench/results/pickcube_clip_fidelity.json``.
 
-    python bench/pickcube_clip_fidelity.py                                     # single vs early fusion of 2 frames
+    python bench/pickcube_clip_fidelity.py                                     # single, gated single, early fusion
     python bench/pickcube_clip_fidelity.py --variants single,early2u,late2u,early3u --epochs 12
 """
 import argparse
@@ -21,9 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# name: (num_frames, frame_sampling, fusion)
-VARIANTS = dict(single=(1, 'last', 'early'), early2u=(2, 'uniform', 'early'), early2last=(2, 'last', 'early'),
-                early3u=(3, 'uniform', 'early'), late2u=(2, 'uniform', 'late'))
+# name: (num_frames, frame_sampling, fusion, still-scene gate); single_still is the RLPD recipe's reward (rlpd_recipe.STILL)
+VARIANTS = dict(single=(1, 'last', 'early', False), single_still=(1, 'last', 'early', True),
+                early2u=(2, 'uniform', 'early', False), early2last=(2, 'last', 'early', False),
+                early3u=(3, 'uniform', 'early', False), late2u=(2, 'uniform', 'late', False))
 HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED = 400000, 200000
 
 
@@ -48,17 +49,20 @@ def evaluate_variant(work: str, name: str, epochs: int) -> Dict[str, Any]:
     from ding_ext.evaluate_reward_model import evaluate_checkpoint
     from dizoo_maniskill import rlpd_recipe as recipe
     from entry.demo import unambiguous_mask
-    k, sampling, fusion = VARIANTS[name]
+    k, sampling, fusion, gate = VARIANTS[name]
     save = os.path.join(work, 'models', name)
     best = os.path.join(save, 'best_model.safetensors')
-    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, epochs=epochs)
+    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, still_gate=gate, epochs=epochs)
     if os.path.isfile(best):  # trained by an earlier run: evaluated again, not retrained
         row['trained_by_earlier_run'] = True
     else:
         t = time.time()
-        best = recipe.train_classifier(os.path.join(work, 'train'), save, epochs=epochs, clip=dict(
-            recipe.CLIP, num_frames=k, frame_sampling=sampling, fusion=fusion))['best_path']
+        result = recipe.train_classifier(os.path.join(work, 'train'), save, epochs=epochs, clip=dict(
+            recipe.CLIP, num_frames=k, frame_sampling=sampling, fusion=fusion),
+            still_keep=recipe.STILL_KEEP if gate else None)
+        best = result['best_path']
         row['train_seconds'] = round(time.time() - t, 1)
+        row['motion_gate'] = result.get('motion_gate')
     for label, threshold in (('calibrated', None), ('0.5', 0.5)):
         rep = evaluate_checkpoint(best, os.path.join(work, 'heldout'), os.path.join(save, f'heldout_{label}'),
                                   threshold=threshold, target_precision=0.9,
@@ -76,7 +80,7 @@ def evaluate_variant(work: str, name: str, epochs: int) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--variants', default='single,early2u', help=f"comma list of {sorted(VARIANTS)}")
+    p.add_argument('--variants', default='single,single_still,early2u', help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument('--epochs', type=int, default=8, help="training epochs (a variant whose model is already in "
                    "--work-dir/models/<name> is evaluated again, not retrained)")
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))

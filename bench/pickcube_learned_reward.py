@@ -30,18 +30,24 @@ if ROOT not in sys.path:
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 
 
+# --reward: the clip settings (rlpd_recipe) and whether the still-scene gate is calibrated; folder suffix
+REWARDS = dict(still=('STILL', True, '_still2'), frame=(None, False, ''), clip=('CLIP', False, '_clip5'))
+
+
 def prepare(work_dir: str, planner_episodes: int, expert_episodes: int, demo_episodes: int, epochs: int,
-            demo_source: str = 'scripted', clip: bool = False) -> Dict[str, Any]:
-    """Demos and a trained classifier in ``work_dir`` (reused when present); ``clip``: the clip classifier
-    (``rlpd_recipe.CLIP``) and demos recorded with clips, in their own folders."""
+            demo_source: str = 'scripted', reward: str = 'still') -> Dict[str, Any]:
+    """Demos and a trained classifier in ``work_dir`` (reused when present), per ``reward`` (``REWARDS``): the
+    recipe's last frame with the still-scene gate (``still``), a single frame (``frame``) or the 2-of-5-frame clip
+    classifier (``clip``); each has its own folders, its demos recorded with the same clips."""
     from dizoo_maniskill import rlpd_recipe as recipe
     from ding_ext.checkpoint_io import load_checkpoint
-    clip_cfg = recipe.CLIP if clip else None
-    env_cfg = recipe.env_config(**({k: clip_cfg[k] for k in ('reward_frames', 'reward_frame_stride')} if clip else {}))
-    suffix = f"_clip{clip_cfg['reward_frames']}" if clip else ''
+    clip_name, gate, suffix = REWARDS[reward]
+    clip_cfg = getattr(recipe, clip_name) if clip_name else None
+    env_cfg = recipe.env_config(**({k: clip_cfg[k] for k in ('reward_frames', 'reward_frame_stride')} if clip_cfg
+                                   else dict(reward_frames=1)))
     # one folder per source (a folder is resumed, never mixed); the first demo_episodes episodes by seed are used
     out: Dict[str, Any] = dict(demo_dir=os.path.join(work_dir, f'demos_{demo_source}{suffix}'), demo_source=demo_source,
-                               clip=clip_cfg)
+                               reward=reward, clip=clip_cfg)
     t = time.time()
     counts = recipe.record_demos(out['demo_dir'], demo_episodes, env_cfg, source=demo_source)
     out['demos'] = dict(counts, seconds=round(time.time() - t, 1))
@@ -50,11 +56,14 @@ def prepare(work_dir: str, planner_episodes: int, expert_episodes: int, demo_epi
         t = time.time()
         data = os.path.join(work_dir, f'classifier_data{suffix}')
         out['classifier_data'] = recipe.record_classifier_data(data, planner_episodes, expert_episodes, env_cfg)
-        result = recipe.train_classifier(data, os.path.dirname(ckpt), epochs=epochs, clip=clip_cfg)
+        result = recipe.train_classifier(data, os.path.dirname(ckpt), epochs=epochs, clip=clip_cfg,
+                                         still_keep=recipe.STILL_KEEP if gate else None)
         out['classifier_seconds'] = round(time.time() - t, 1)
+        out['motion_gate'] = result.get('motion_gate')
         ckpt = result['best_path']
     meta = load_checkpoint(ckpt)[1]
     out.update(checkpoint=ckpt, threshold=meta.get('calibrated_threshold'),
+               still_motion_threshold=meta.get('still_motion_threshold'),
                validation=dict(precision=meta.get('calibration_precision'), recall=meta.get('calibration_recall')))
     return out
 
@@ -133,9 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--expert-episodes', type=int, default=60,
                    help="the classifier's episodes of the closed-loop expert in the RL control mode")
     p.add_argument('--classifier-epochs', type=int, default=8)
-    p.add_argument('--reward', choices=('frame', 'clip'), default='frame',
-                   help="frame: the classifier sees the current frame; clip: the first and last of the env's last 5 "
-                        "frames (rlpd_recipe.CLIP), so it can see whether the robot still moves")
+    p.add_argument('--reward', choices=sorted(REWARDS), default='still',
+                   help="still: the classifier sees the current frame and the still-scene gate the last two (the "
+                        "recipe's reward); frame: the current frame only; clip: the first and last of the env's last "
+                        "5 frames (rlpd_recipe.CLIP)")
     p.add_argument('--out', default=os.path.join(RESULTS, 'pickcube_learned_reward.json'))
     p.add_argument('--combine', nargs='+', metavar='JSON',
                    help="write --out from the runs of these result files (arms run as parallel processes) and exit")
@@ -151,14 +161,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
     prep = prepare(work, args.planner_episodes, args.expert_episodes, args.demo_episodes, args.classifier_epochs,
-                   args.demo_source, clip=args.reward == 'clip')
+                   args.demo_source, reward=args.reward)
     print(f"classifier {prep['checkpoint']} (threshold {prep['threshold']}); demos {prep['demos']}", flush=True)
     runs = []
     os.chdir(work)
     for seed in seeds:
         for arm in arms:
             print(f"[{arm} seed {seed}] RLPD for {args.budget_steps} env steps", flush=True)
-            name = f"rlpd_{arm}{'_clip' if prep['clip'] and arm != 'oracle' else ''}_seed{seed}"
+            name = f"rlpd_{arm}{'_' + args.reward if arm != 'oracle' else ''}_seed{seed}"
             r = run_arm(arm, name, prep['demo_dir'], args.budget_steps, seed=seed,
                         checkpoint=prep['checkpoint'], eval_every=args.eval_every, demo_episodes=args.demo_episodes)
             runs.append(r)

@@ -59,6 +59,8 @@ def build_model_from_checkpoint(path: str, device: str = 'cpu', threshold: float
     cfg = dict(type=meta.get('type', 'resnet'), checkpoint_path=path, cooptrain_reward=False, pretrain_reward=False,
                pretrained=False, reward_threshold=float(threshold), debug_save_dir=None,
                **{k: meta[k] for k in NETWORK_KEYS + OPTIONAL_NETWORK_KEYS if k in meta})
+    if meta.get('still_motion_threshold') is not None:  # the clip model's still-scene gate is part of its reward
+        cfg['still_motion_threshold'] = 'auto'
     try:
         return create_reward_model(EasyDict(cfg), device, None)
     except (KeyError, ValueError, OSError, RuntimeError) as e:

@@ -28,6 +28,12 @@ MODEL_IMAGE_SIZE = [3, 64, 64]
 VIDEO_KEYS = ('clip_length', 'num_frames', 'frame_sampling', 'fusion')
 # a clip reward: the env keeps its last 5 frames (0.25 s at 20 Hz), the classifier compares the first and the last
 CLIP = dict(reward_frames=5, reward_frame_stride=1, num_frames=2, frame_sampling='uniform', fusion='early')
+# the recipe's reward: the env keeps its last 2 frames, the classifier judges the last one, and the still-scene gate
+# (ding_ext.motion_gate) compares the two: "cube at the goal, arm still moving" is no success. The gate keeps
+# STILL_KEEP of the training data's success clips (on held-out clips of unseen seeds it let 1% of the moving failure
+# clips through; a single-frame classifier called 26 of 57 "at the goal, still moving" frames a success)
+STILL = dict(reward_frames=2, reward_frame_stride=1, num_frames=1, frame_sampling='last', fusion='early')
+STILL_KEEP = 0.8
 
 
 def env_config(**overrides: Any) -> Dict[str, Any]:
@@ -52,12 +58,16 @@ def record_classifier_data(data_dir: str, planner_episodes: int, expert_episodes
 
 
 def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,
-                     precision_confidence: float = 0.95, clip: Optional[Dict[str, Any]] = None,
-                     **options: Any) -> Dict[str, Any]:
+                     precision_confidence: float = 0.95, clip: Optional[Dict[str, Any]] = STILL,
+                     still_keep: Optional[float] = STILL_KEEP, **options: Any) -> Dict[str, Any]:
     """The miniature classifier: the reward camera's image at 64 px, cosine schedule, last epoch kept; the stored
     threshold is the lowest whose validation precision reaches ``target_precision`` with ``precision_confidence``.
-    ``clip`` (e.g. ``CLIP``): the data holds clips of ``reward_frames`` frames; train ``resnet_video`` on them."""
+    ``clip`` (``STILL``, ``CLIP``; None for single frames): the data holds clips of ``reward_frames`` frames; train
+    ``resnet_video`` on them. ``still_keep`` (clips only): the still-scene gate, calibrated on the data's success clips
+    first, so that the validation report and the stored threshold are those of the gated reward (``motion_gate`` in
+    the result)."""
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
+    from ding_ext.motion_gate import calibrate_motion_threshold
     from ding_ext.train_reward_model import train_reward_model
     opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
                 early_stopping_patience=0, save_dir=save_dir, num_workers=0, target_precision=target_precision,
@@ -68,7 +78,14 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
     if clip:
         model.update({'model.type': 'resnet_video', 'model.clip_length': int(clip['reward_frames']),
                       **{f'model.{k}': clip[k] for k in ('num_frames', 'frame_sampling', 'fusion')}})
-    return train_reward_model(data_dir, **opts, **model)
+    gate = None
+    if clip and still_keep and int(clip['reward_frames']) >= 2:
+        gate = calibrate_motion_threshold(data_dir, int(clip['reward_frames']), still_keep)
+        model['model.still_motion_threshold'] = gate['threshold']
+    result = train_reward_model(data_dir, **opts, **model)
+    if gate is not None:
+        result['motion_gate'] = gate
+    return result
 
 
 def record_demos(demo_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2,
@@ -112,8 +129,16 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
               cooptrain_reward=arm == 'cotrain')
     if meta.get('type') == 'resnet_video':  # a clip classifier: its clip settings, and an env that renders clips
         rm.update(type='resnet_video', **{k: meta[k] for k in VIDEO_KEYS if k in meta})
+        # the checkpoint's still-scene gate (ding_ext.motion_gate), or none
+        rm.still_motion_threshold = 'auto' if meta.get('still_motion_threshold') is not None else None
         main.env.update({k: meta[k] for k in ('reward_frames', 'reward_frame_stride') if k in meta})
-        main.policy.other.replay_buffer.demo_env_metadata = demo_env_metadata(main.env)
+    else:  # a single-frame classifier: single frames
+        rm.type = 'resnet'
+        for k in VIDEO_KEYS + ('still_motion_threshold',):
+            rm.pop(k, None)
+        main.env.update(reward_frames=1, reward_frame_stride=1)
+    create.reward_model.type = rm.type
+    main.policy.other.replay_buffer.demo_env_metadata = demo_env_metadata(main.env)
     calibrated = meta.get('calibrated_threshold')
     if calibrated is None:
         # e.g. a validation split too small to show the target precision with confidence: say so, use 0.5

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
 from ..image_utils import preprocess_images, to_nchw
+from ..motion_gate import MOTION_KEYS, last_frame_motion
 from ..networks import FUSIONS, ResNetClassifier
 from ..video_frames import FRAME_SAMPLING, frame_indices, sample_frames, split_filmstrip
 from .base_image_reward_model import BaseImageRewardModel
@@ -38,8 +39,17 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         task_description='',
         # (str) Prompt template of ``format_prompt``.
         prompt_template=DEFAULT_PROMPT,
+        # (float|str|None) Still-scene gate (``ding_ext.motion_gate``): a clip whose last two frames differ by more
+        # than this (mean absolute pixel difference in [0, 1]) scores 0, for tasks whose success needs a still robot.
+        # 'auto': the still_motion_threshold stored in the checkpoint (python -m ding_ext.motion_gate --store);
+        # None: no gate.
+        still_motion_threshold=None,
     )
     config = dict(BaseImageRewardModel.config, type='base_video', **video_config)
+
+    def __init__(self, config: Any, device: str = 'cpu', tb_logger: Optional[Any] = None) -> None:
+        super().__init__(config, device, tb_logger)
+        self.motion_threshold  # still_motion_threshold='auto' without a stored threshold fails here
 
     def _validate_config(self) -> None:
         super()._validate_config()
@@ -50,6 +60,46 @@ class BaseVideoRewardModel(BaseImageRewardModel):
             raise ValueError(f"num_frames must lie in [1, clip_length={c.clip_length}], got {c.num_frames}")
         if int(c.image_size[0]) != 3:
             raise ValueError(f"image_size is one frame's [3, H, W], got {c.image_size!r}")
+        t = c.still_motion_threshold
+        if t is not None and t != 'auto' and not (isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0):
+            raise ValueError(f"still_motion_threshold must be None, 'auto' or a number >= 0, got {t!r}")
+        if t is not None and int(c.clip_length) < 2:
+            raise ValueError("still_motion_threshold compares the last two frames of a clip: it needs clip_length >= 2, "
+                             f"got {c.clip_length}")
+
+    @property
+    def motion_threshold(self) -> Optional[float]:
+        """The still-scene gate's threshold (None: no gate); 'auto' reads it from the loaded checkpoint."""
+        t = self.cfg.still_motion_threshold
+        if t != 'auto':
+            return None if t is None else float(t)
+        value = self.loaded_metadata.get('still_motion_threshold')
+        if value is None:
+            raise ValueError(
+                f"still_motion_threshold='auto' needs a checkpoint with a stored still_motion_threshold, but "
+                f"{self.cfg.checkpoint_path or 'no checkpoint'} has none; run `python -m ding_ext.motion_gate "
+                "--checkpoint CKPT --data DIR --store` on labelled clips, or set a number")
+        return float(value)
+
+    def gate_still(self, images: Any, probs: torch.Tensor) -> torch.Tensor:
+        """``probs`` of the clips ``images``, 0 where the still-scene gate sees motion (unchanged without a gate)."""
+        tau = self.motion_threshold
+        if tau is None:
+            return probs
+        return torch.where(last_frame_motion(images, int(self.cfg.clip_length)) <= tau, probs, torch.zeros_like(probs))
+
+    def predict_proba(self, images: Any) -> torch.Tensor:
+        """Success probability per clip; with the still-scene gate, 0 where the last two frames show motion."""
+        return self.gate_still(images, super().predict_proba(images))
+
+    def checkpoint_metadata(self) -> Dict[str, Any]:
+        """The base metadata plus the still-scene threshold: the configured one, else the loaded checkpoint's (it
+        describes the camera's pixels, not the weights, so it stays valid when the weights train on)."""
+        meta = super().checkpoint_metadata()
+        meta.update({k: self.loaded_metadata[k] for k in MOTION_KEYS if k in self.loaded_metadata})
+        if self.cfg.still_motion_threshold not in (None, 'auto'):  # a configured gate goes with the weights it scored
+            meta['still_motion_threshold'] = float(self.cfg.still_motion_threshold)
+        return meta
 
     def network_metadata(self) -> Dict[str, Any]:
         meta = super().network_metadata()

@@ -217,7 +217,7 @@ class VLMRewardModel(BaseVideoRewardModel):
                 inputs = self.model_inputs(images[i:i + step], prompts[i:i + step])
                 logits = self.network(**inputs, logits_to_keep=1).logits[:, -1]
                 out.append(self.answer_probability(logits).cpu())
-        return torch.cat(out)
+        return self.gate_still(images, torch.cat(out))
 
     def compute_rewards(self, images: Any, task_descriptions: TaskDescriptions = None) -> torch.Tensor:
         """Model reward (before combining with the env reward) for a batch of clips."""

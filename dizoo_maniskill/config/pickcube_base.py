@@ -90,6 +90,9 @@ RLPD_ENV = dict(
     control_mode='pd_ee_delta_pos',
     reward_mode='sparse',
     reward_render_mode='every_step',
+    # each reward image is a clip of the last 2 frames (one filmstrip image): the classifier judges the last frame, the
+    # still-scene gate compares the two (PickCube's success needs a static robot, which one frame cannot show)
+    reward_frames=2,
     terminate_on_success=False,
     # evaluation episodes cover n_evaluator_episode distinct initial states, the same ones in every run
     vary_static_seed=True,

@@ -1,5 +1,9 @@
 """RLPD on PickCube with the ResNet success classifier as the only, per-step reward.
 
+The reward sees the env's last 2 frames: the classifier judges the last one, and the still-scene gate (a threshold on
+the frames' difference, ``ding_ext.motion_gate``) withholds success while the robot still moves, as PickCube's
+success requires.
+
 Off-policy SAC in the RLPD style (``ding_ext.rlpd_policy``: LayerNorm critic ensemble, update-to-data ratio)
 with a demo buffer of scripted-expert episodes (half of every batch); our entry first clones the actor on them
 (``bc_pretrain_iterations``; DI-engine's entry skips that step). The env runs every episode for
@@ -23,6 +27,9 @@ main_config, create_config = make_config(
     'pickcube_rlpd_resnet_reward_seed0', RLPD, 'rlpd_reward_image', env=RLPD_ENV,
     reward_model=dict(
         RESNET_REWARD,
+        # the env's 2-frame clips: the classifier looks at the last frame; a clip whose two frames differ by more than
+        # the still-scene threshold stored in the checkpoint (ding_ext.motion_gate) scores 0
+        type='resnet_video', clip_length=2, num_frames=1, frame_sampling='last', still_motion_threshold='auto',
         # every frame is scored: reward 1 while the classifier sees success (the env's sparse reward, learned)
         reward_mode='per_step',
         checkpoint_path='pickcube_rlpd_reward_model/best_model.safetensors',

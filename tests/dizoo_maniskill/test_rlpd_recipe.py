@@ -28,6 +28,9 @@ def test_arm_configs(tmp_path):
     frozen, _ = arm_config('frozen', 'f', 'demos', checkpoint=ckpt, max_episode_steps=20)
     assert frozen.reward_model.cooptrain_reward is False and frozen.reward_model.reward_threshold == 0.5  # uncalibrated
     assert frozen.reward_model.reward_mode == 'per_step' and frozen.env.max_episode_steps == 20
+    # a single-frame checkpoint: a single-frame reward model and env, whatever clips the config's default uses
+    assert frozen.reward_model.type == 'resnet' and frozen.env.reward_frames == 1
+    assert 'still_motion_threshold' not in frozen.reward_model and 'clip_length' not in frozen.reward_model
     cotrain, _ = arm_config('cotrain', 'c', 'demos', checkpoint=ckpt)
     assert cotrain.reward_model.cooptrain_reward is True and cotrain.reward_model.reward_threshold == 0.5
     from ding_ext.checkpoint_io import load_checkpoint, save_checkpoint
@@ -55,8 +58,17 @@ def test_a_clip_classifier_sets_the_reward_model_and_the_env(tmp_path):
     assert (frozen.env.reward_frames, frozen.env.reward_frame_stride) == (5, 2)
     demo_meta = frozen.policy.other.replay_buffer.demo_env_metadata
     assert demo_meta['reward_frames'] == 5 and demo_meta['reward_frame_stride'] == 2
+    assert rm.still_motion_threshold is None  # the checkpoint has no still-scene gate
     oracle, _ = arm_config('oracle', 'o', 'demos')
     assert set(oracle.policy.other.replay_buffer.demo_env_metadata) == {'env_id', 'control_mode'}
+    # the recipe's reward: the last of 2 frames, with the checkpoint's still-scene gate
+    from dizoo_maniskill.rlpd_recipe import STILL
+    still = make_video_model(clip_length=2, num_frames=1, frame_sampling='last', still_motion_threshold=0.003,
+                             env_metadata=dict(env_meta, reward_frames=2, reward_frame_stride=1))
+    main, create = arm_config('frozen', 'f', 'demos', checkpoint=still.save(str(tmp_path / 'still.safetensors')))
+    assert (main.reward_model.clip_length, main.reward_model.num_frames) == (STILL['reward_frames'], STILL['num_frames'])
+    assert main.reward_model.still_motion_threshold == 'auto' and create.reward_model.type == 'resnet_video'
+    assert main.env.reward_frames == 2
 
 
 def test_steps_to_reach_and_pooled_agreement():

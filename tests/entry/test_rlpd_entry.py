@@ -45,8 +45,10 @@ def rlpd_config(demo_dir, exp_name, reward_model=True, utd=0.5):
     # DI-engine's entry checks the demos against this (ours recomputes it from main.env)
     main.policy.other.replay_buffer.demo_env_metadata = demo_env_metadata(main.env)
     if reward_model:
+        # the config's 2-frame clips; a co-trained model from scratch has no stored still-scene threshold: a number
         main.reward_model.update(checkpoint_path=None, cooptrain_reward=True, success_reward=SUCCESS_R, fail_reward=FAIL_R,
-                                 reward_threshold=0.5, update_per_collect=1, batch_size=8, **MODEL)
+                                 reward_threshold=0.5, update_per_collect=1, batch_size=8, still_motion_threshold=0.01,
+                                 **MODEL)
     else:
         main.pop('reward_model')
         create.pop('reward_model')
@@ -99,14 +101,19 @@ def test_rlpd_half_demo_batches_utd_and_learned_per_step_reward(learned, demo_di
 
 def test_rlpd_frozen_reward_scores_each_image_once(demo_dir, tmp_path, monkeypatch):
     """A frozen per-step classifier scores each online transition once, as it enters the buffer (stored without its
-    image), and each sampled demo once, when first sampled, however often the updates sample them."""
+    image), and each sampled demo once, when first sampled, however often the updates sample them. The config's
+    still-scene gate comes from the checkpoint ('auto') and withholds success from clips that show motion."""
     from ding_ext.demo_replay_buffer import DemoMixReplayBuffer
-    from ding_ext.reward_models import BaseImageRewardModel, ResNetRewardModel
+    from ding_ext.reward_models import BaseImageRewardModel, ResNetVideoRewardModel
     from entry import serial_pipeline_reward_model_offpolicy
+    from tests.ding_ext.helpers import force_probability
     monkeypatch.chdir(tmp_path)
-    ckpt = ResNetRewardModel(dict(type='resnet', **MODEL), 'cpu').save(str(tmp_path / 'frozen.safetensors'))
+    frozen = ResNetVideoRewardModel(dict(type='resnet_video', clip_length=2, num_frames=1, frame_sampling='last',
+                                         still_motion_threshold=0.0, **MODEL), 'cpu')
+    force_probability(frozen, 0.9)  # success on every frame: only the gate says no
+    ckpt = frozen.save(str(tmp_path / 'frozen.safetensors'))
     main, create = rlpd_config(demo_dir, 'exp_frozen')
-    main.reward_model.checkpoint_path = ckpt
+    main.reward_model.update(checkpoint_path=ckpt, cooptrain_reward=False, still_motion_threshold='auto')
     scored, demo_ids, pushed = [], set(), []
     real_proba, real_sample, real_push = BaseImageRewardModel.predict_proba, DemoBuffer.sample, DemoMixReplayBuffer.push
 
@@ -129,6 +136,10 @@ def test_rlpd_frozen_reward_scores_each_image_once(demo_dir, tmp_path, monkeypat
     policy = serial_pipeline_reward_model_offpolicy((main, create), seed=0, max_train_iter=20, cooptrain_reward=False)
     assert policy.history['agreement'] and pushed and all('reward_image' not in t for t in pushed)
     assert sum(scored) == len(pushed) + len(demo_ids) < 20 * 16  # fewer than the 20 updates' sampled images
+    # threshold 0: rewarded exactly where the clip's two frames are identical (the arm at rest), else 0
+    rows = policy.history['agreement']
+    predicted = sum(r['tp'] + r['fp'] for r in rows)
+    assert predicted < sum(r['frames'] for r in rows), "the gate withheld success from moving clips"
 
 
 def test_demo_buffer_from_another_control_mode_is_refused(demo_dir, tmp_path, monkeypatch):

@@ -1,0 +1,98 @@
+"""The still-scene gate of clip reward models (ding_ext.motion_gate): success only where the last two frames agree."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ding_ext.motion_gate import calibrate_motion_threshold, last_frame_motion, main, store_motion_threshold
+from ding_ext.png_writer import write_png
+from tests.ding_ext.helpers import force_probability
+from tests.ding_ext.test_video_reward_model import make_video_model
+
+
+def _clip(shift, size=32, seed=0):
+    """A 2-frame filmstrip [H, 2W, 3]: one noisy background, a bright square that moved ``shift`` px into place."""
+    background = np.random.default_rng(seed).integers(0, 30, (size, size, 3), np.uint8)
+    earlier, last = background.copy(), background.copy()
+    earlier[10:18, 8 + shift:16 + shift] = 220
+    last[10:18, 8:16] = 220
+    return np.concatenate([earlier, last], axis=1)
+
+
+def test_motion_is_the_mean_absolute_difference_of_the_last_two_frames():
+    still, moved = _clip(0), _clip(6)
+    m = last_frame_motion(np.stack([still, moved]), clip_length=2)
+    assert m.shape == (2,) and m[0] == 0.0 and m[1] > 0.02
+    # uint8 [0, 255] and float [0, 1], NHWC and NCHW give the same numbers
+    as_float = torch.as_tensor(np.stack([still, moved])).float().div(255).permute(0, 3, 1, 2)
+    assert torch.allclose(last_frame_motion(as_float, 2), m, atol=1e-6)
+    # in a 3-frame clip only the last two frames count: motion before them is history
+    three = np.concatenate([np.full((32, 32, 3), 255, np.uint8), still], axis=1)
+    assert last_frame_motion(three[None], clip_length=3)[0] == 0.0
+    with pytest.raises(ValueError, match="clip_length must be >= 2"):
+        last_frame_motion(still[None], clip_length=1)
+    with pytest.raises(ValueError, match="not a clip of 3 frames"):
+        last_frame_motion(still[None], clip_length=3)
+
+
+def _write_clips(root, n=12):
+    """success/: still clips; failure/: moving clips (half of them) and still ones, with an is_robot_static sidecar."""
+    rows = []
+    for label, name in ((1, 'success'), (0, 'failure')):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(n):
+            shift = 0 if label or i % 2 else 2 + i % 5
+            rel = f"{name}/{i:04d}.png"
+            write_png(os.path.join(root, rel), _clip(shift, seed=i))
+            rows.append(dict(file=rel, label=label, is_robot_static=shift == 0, episode_id=f"e{i}"))
+    with open(os.path.join(root, 'frames.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+
+
+def test_calibrated_gate_zeroes_moving_clips_in_the_model_and_survives_the_checkpoint(tmp_path, capsys):
+    data = str(tmp_path / 'clips')
+    _write_clips(data)
+    calib = calibrate_motion_threshold(data, clip_length=2, keep=1.0)
+    assert calib['threshold'] == 0.0 and calib['success_kept'] == 1.0  # every success clip here is perfectly still
+    assert calib['moving_failure_clips'] == 6 and calib['moving_failure_passed'] == 0.0
+    assert calib['failure_passed'] == 0.5  # the still failures pass the gate: the classifier judges those
+    with pytest.raises(ValueError, match="keep"):
+        calibrate_motion_threshold(data, 2, keep=0.0)
+
+    model = make_video_model(clip_length=2, num_frames=1, frame_sampling='last')
+    force_probability(model, 0.9)
+    path = model.save(str(tmp_path / 'clip.safetensors'))
+    with pytest.raises(ValueError, match="still_motion_threshold='auto' needs a checkpoint"):
+        make_video_model(clip_length=2, num_frames=1, frame_sampling='last', checkpoint_path=path,
+                         cooptrain_reward=False, still_motion_threshold='auto')
+    assert main(['--data', data, '--checkpoint', path, '--keep', '1.0', '--store']) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{\n  \"threshold\""):])['stored']['still_motion_threshold'] == 0.0
+
+    clips = np.stack([_clip(0, seed=50), _clip(5, seed=51)])
+    gated = make_video_model(clip_length=2, num_frames=1, frame_sampling='last', checkpoint_path=path,
+                             cooptrain_reward=False, still_motion_threshold='auto')
+    assert gated.motion_threshold == 0.0
+    assert torch.allclose(gated.predict_proba(clips), torch.tensor([0.9, 0.0]), atol=1e-5)
+    assert gated.compute_reward({'images': clips}).tolist() == [1.0, 0.0]
+    # the evaluator rebuilds the gate from the checkpoint, and a saved copy keeps it
+    from ding_ext.evaluate_reward_model import build_model_from_checkpoint
+    rebuilt = build_model_from_checkpoint(path)
+    assert rebuilt.cfg.still_motion_threshold == 'auto' and rebuilt.predict_proba(clips)[1] == 0.0
+    copy = gated.save(str(tmp_path / 'copy.safetensors'))
+    assert build_model_from_checkpoint(copy).motion_threshold == 0.0
+    # ungated, the same weights call the moving clip a success
+    plain = build_model_from_checkpoint(str(tmp_path / 'clip.safetensors'))
+    plain.cfg.still_motion_threshold = None
+    assert plain.predict_proba(clips)[1] > 0.8
+
+
+def test_bad_gate_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="still_motion_threshold must be None, 'auto' or a number"):
+        make_video_model(still_motion_threshold=-1)
+    with pytest.raises(ValueError, match="needs clip_length >= 2"):
+        make_video_model(clip_length=1, num_frames=1, still_motion_threshold=0.01)
+    with pytest.raises(SystemExit):
+        main(['--data', str(tmp_path)])  # no clip length and no checkpoint
