@@ -3,12 +3,13 @@
 1. collect: dense-reward PPO writes reward images (RL frames), and whole motion-planned episodes and episodes of
    the closed-loop expert in the RL control mode add the success frames and the hard negatives around them
    (approach, grasp, transport, the arm anywhere in the workspace, the cube at the goal while the arm moves, the
-   cube held away from the goal), every frame labelled by the env and seen by the RL env's reward camera;
-2. train the ResNet classifier (train/val split by episode), print its fidelity report on the validation
-   episodes and store in the checkpoint the lowest threshold whose precision on them is at least 0.9 with 95%
-   confidence (about 3% of the frames, the cube at the goal while the arm still moves, cannot be judged from one
-   image and take up that error budget); then judge it on held-out frames of seeds it never saw, on all frames
-   and on the unambiguous ones;
+   cube held away from the goal), every frame labelled by the env and seen by the RL env's reward camera; every
+   reward image is a clip of the env's last 2 frames;
+2. calibrate the still-scene gate on the success clips (``ding_ext.motion_gate``: a clip whose 2 frames differ shows
+   a moving robot, no success), train the ResNet classifier on the clips' last frames (train/val split by episode),
+   print the gated reward's fidelity report on the validation episodes and store in the checkpoint the lowest
+   threshold whose precision on them is at least 0.9 with 95% confidence; then judge it on held-out frames of seeds
+   it never saw, on all frames and on the unambiguous ones;
 3. RL with the classifier as the only reward: RLPD (SAC with a LayerNorm critic ensemble, half of every batch
    from demonstrations of a scripted expert, the actor first cloned from them) scores every step with the
    frozen classifier at the stored threshold, and is evaluated on 20 episodes of unseen initial states against
@@ -155,6 +156,7 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0, rl_steps: int = RL_ST
         sources.setdefault(key, [0, 0])[1 - label] += 1
     val, unamb = result['report'], heldout['subsets']['unambiguous']
     threshold = result['report']['chosen_threshold']
+    gate = result.get('motion_gate')
     frozen = runs['frozen']
     agreement = frozen['agreement'] or {}
     summary = {
@@ -164,6 +166,10 @@ def run_demo(out: str = 'demo_output', scale: float = 1.0, rl_steps: int = RL_ST
         + f" ({rl_counts.get('failure', 0)} PPO frames)",
         'validation episodes (stage 2)': _pr(val['at_chosen'] or val['at_threshold'])
         + f"  over {val['num_images']} frames",
+        'still-scene gate': (f"motion <= {gate['threshold']:.4f} between the clip's 2 frames (keeps "
+                             f"{gate['success_kept']:.0%} of the training success clips; lets "
+                             f"{gate.get('moving_failure_passed', float('nan')):.1%} of the moving failure clips through)"
+                             if gate else "none"),
         'chosen threshold': (f"{threshold:.4f} (lowest whose precision on all validation frames is >= "
                              f"{TARGET_PRECISION} with {PRECISION_CONFIDENCE:.0%} confidence; stored in the checkpoint)")
         if threshold is not None
