@@ -11,7 +11,8 @@ target: ``frozen`` reaches 90% success in at most 1.5x the env steps ``oracle`` 
 final level within 1.5x its steps). Writes ``bench/results/pickcube_learned_reward.json`` and a PNG of the curves.
 
 The classifier (planner and expert episodes with hard negatives, recorded with the RL env's reward camera) and the demos are
-made once and cached in ``--work-dir``.
+made once and cached in ``--work-dir``, one set per ``--reward``: ``still`` (the recipe's: the last of the env's 2 frames,
+with the still-scene gate of ``ding_ext.motion_gate`` on both), ``frame`` (single frames) or ``clip`` (2 of 5 frames).
 
     python bench/pickcube_learned_reward.py                                   # all arms, 40k steps, seed 0
     python bench/pickcube_learned_reward.py --arms frozen --budget-steps 6000  # one arm, about 10 minutes

@@ -36,7 +36,8 @@ def test_demos_end_in_success_with_an_image_per_step(demos):
         # sparse env reward = the success flag; consecutive transitions chain
         np.testing.assert_array_equal(ep['reward'], ep['success'].astype(np.float32))
         np.testing.assert_allclose(ep['obs'][1:], ep['next_obs'][:-1])
-        assert ep['image'].shape == (T, 64, 64, 3) and ep['image_step'].tolist() == list(range(T))
+        # the recipe's reward images: clips of the last reward_frames frames side by side
+        assert ep['image'].shape == (T, 64, 64 * RLPD_ENV['reward_frames'], 3) and ep['image_step'].tolist() == list(range(T))
         assert ep['image'][0].std() > 5  # a rendered scene, not a blank frame
 
 
