@@ -67,7 +67,7 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
     first, so that the validation report and the stored threshold are those of the gated reward (``motion_gate`` in
     the result)."""
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
-    from ding_ext.motion_gate import calibrate_motion_threshold
+    from ding_ext.motion_gate import calibrate_motion_threshold, store_motion_threshold
     from ding_ext.train_reward_model import train_reward_model
     opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
                 early_stopping_patience=0, save_dir=save_dir, num_workers=0, target_precision=target_precision,
@@ -83,7 +83,10 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
         gate = calibrate_motion_threshold(data_dir, int(clip['reward_frames']), still_keep)
         model['model.still_motion_threshold'] = gate['threshold']
     result = train_reward_model(data_dir, **opts, **model)
-    if gate is not None:
+    if gate is not None:  # the checkpoints carry the gate, for still_motion_threshold='auto'
+        for path in {result['best_path'], result.get('last_path')} - {None}:
+            if os.path.isfile(path):
+                store_motion_threshold(path, gate)
         result['motion_gate'] = gate
     return result
 

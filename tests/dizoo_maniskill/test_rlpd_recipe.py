@@ -97,3 +97,25 @@ def test_classifier_data_holds_planner_and_expert_episodes_and_resumes(tmp_path)
     again = record_classifier_data(data, 1, 1, env_cfg, workers=1)
     assert again['planner']['skipped'] == again['expert']['skipped'] == 1
     assert len(scan_image_folder(data).files) == len(scan.files)
+
+
+def test_train_classifier_calibrates_the_still_scene_gate_first(tmp_path):
+    """The recipe's classifier: the gate's threshold comes from the data's success clips, the validation report is the
+    gated reward's, and the checkpoint carries the gate (which the arm configs then use)."""
+    from ding_ext.checkpoint_io import load_checkpoint
+    from ding_ext.evaluate_reward_model import build_model_from_checkpoint
+    from dizoo_maniskill.rlpd_recipe import train_classifier
+    from tests.ding_ext.test_motion_gate import _write_clips
+    data = str(tmp_path / 'clips')
+    _write_clips(data, n=10)  # still success clips; failure clips half moving, half still
+    result = train_classifier(data, str(tmp_path / 'model'), epochs=1, target_precision=0.5, progress=False)
+    gate = result['motion_gate']
+    assert gate['threshold'] == 0.0 and gate['moving_failure_passed'] == 0.0
+    meta = load_checkpoint(result['best_path'])[1]
+    assert meta['still_motion_threshold'] == 0.0 and meta['clip_length'] == 2 and meta['num_frames'] == 1
+    model = build_model_from_checkpoint(result['best_path'])
+    from ding_ext.image_folder_dataset import scan_image_folder
+    scan = scan_image_folder(data)
+    probs = model.predict_proba(scan.images)
+    moved = [not f['is_robot_static'] for f in scan.frames]
+    assert sum(moved) == 5 and all(p == 0.0 for p, m in zip(probs.tolist(), moved) if m)  # whatever the weights say
