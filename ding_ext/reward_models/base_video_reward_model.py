@@ -14,7 +14,7 @@ import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
 from ..image_utils import preprocess_images, to_nchw
-from ..motion_gate import MOTION_KEYS, last_frame_motion
+from ..motion_gate import MOTION_KEYS, calibrate_motion_threshold, last_frame_motion, store_motion_threshold
 from ..networks import FUSIONS, ResNetClassifier
 from ..video_frames import FRAME_SAMPLING, frame_indices, sample_frames, split_filmstrip
 from .base_image_reward_model import BaseImageRewardModel
@@ -44,6 +44,9 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         # 'auto': the still_motion_threshold stored in the checkpoint (python -m ding_ext.motion_gate --store);
         # None: no gate.
         still_motion_threshold=None,
+        # (float) With still_motion_threshold='auto' and pretrain_reward: the fraction of pretrain_data_dir's success
+        # clips the gate calibrated there keeps (``ding_ext.motion_gate.calibrate_motion_threshold``).
+        still_motion_keep=0.8,
     )
     config = dict(BaseImageRewardModel.config, type='base_video', **video_config)
 
@@ -63,9 +66,27 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         t = c.still_motion_threshold
         if t is not None and t != 'auto' and not (isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0):
             raise ValueError(f"still_motion_threshold must be None, 'auto' or a number >= 0, got {t!r}")
+        if not 0.0 < float(c.still_motion_keep) <= 1.0:
+            raise ValueError(f"still_motion_keep must lie in (0, 1], got {c.still_motion_keep!r}")
         if t is not None and int(c.clip_length) < 2:
             raise ValueError("still_motion_threshold compares the last two frames of a clip: it needs clip_length >= 2, "
                              f"got {c.clip_length}")
+
+    def pretrain(self) -> Dict[str, Any]:
+        """The base pretraining; with still_motion_threshold='auto' the gate is calibrated on pretrain_data_dir
+        first, so that the trainer's validation report and threshold are the gated reward's, and stored with the
+        weights (``motion_gate`` in the result)."""
+        if self.cfg.still_motion_threshold != 'auto' or not self.cfg.pretrain_data_dir:
+            return super().pretrain()
+        gate = calibrate_motion_threshold(self.cfg.pretrain_data_dir, int(self.cfg.clip_length),
+                                          float(self.cfg.still_motion_keep))
+        self.cfg.still_motion_threshold = gate['threshold']  # the trainer's model and the saved copy use it
+        try:
+            result = super().pretrain()
+        finally:
+            self.cfg.still_motion_threshold = 'auto'
+        self.loaded_metadata.update(store_motion_threshold(result['best_path'], gate))
+        return dict(result, motion_gate=gate)
 
     @property
     def motion_threshold(self) -> Optional[float]:

@@ -96,3 +96,21 @@ def test_bad_gate_settings_are_named(tmp_path):
         make_video_model(clip_length=1, num_frames=1, still_motion_threshold=0.01)
     with pytest.raises(SystemExit):
         main(['--data', str(tmp_path)])  # no clip length and no checkpoint
+
+
+def test_pretraining_with_an_auto_gate_calibrates_it_on_the_pretrain_data(tmp_path):
+    """A config with still_motion_threshold='auto' and pretrain_reward (no checkpoint yet): the gate comes from the
+    pretraining data's success clips and is stored with the weights the next run loads."""
+    data = str(tmp_path / 'clips')
+    _write_clips(data, n=8)
+    ckpt = str(tmp_path / 'reward' / 'model.safetensors')
+    cfg = dict(clip_length=2, num_frames=1, frame_sampling='last', still_motion_threshold='auto', still_motion_keep=1.0,
+               pretrain_reward=True, pretrain_data_dir=data, cooptrain_reward=False, checkpoint_path=ckpt,
+               exp_name=str(tmp_path / 'exp'), pretrain=dict(epochs=1, batch_size=8, val_split=0.25, progress=False))
+    model = make_video_model(**cfg)
+    assert model.motion_threshold == 0.0 and model.pretrain_result['motion_gate']['success_kept'] == 1.0
+    assert os.path.isfile(ckpt)
+    again = make_video_model(**dict(cfg, pretrain_reward=False))  # loads the saved copy, gate included
+    assert again.motion_threshold == 0.0 and again.pretrain_result is None
+    with pytest.raises(ValueError, match="still_motion_keep"):
+        make_video_model(still_motion_keep=1.5)
