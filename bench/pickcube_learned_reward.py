@@ -76,7 +76,12 @@ def summarise(runs: List[Dict[str, Any]], level: float) -> Dict[str, Any]:
     for arm in sorted({r['arm'] for r in runs}):
         rs = [r for r in runs if r['arm'] == arm]
         reach = [steps_to_reach(r['curve'], level) for r in rs]
+        # the seeds' curves averaged evaluation by evaluation (each at the largest env step of that evaluation)
+        n = min(len(r['curve']) for r in rs)
+        mean_curve = [(max(r['curve'][i][0] for r in rs), float(np.mean([r['curve'][i][1] for r in rs])))
+                      for i in range(n)]
         table[arm] = dict(
+            mean_curve=mean_curve, mean_curve_steps_to_target=steps_to_reach(mean_curve, level),
             seeds=[r['seed'] for r in rs], final_success=float(np.mean([r['final_success'] for r in rs])),
             # the first evaluation, before any RL update: the actor cloned from the demos
             start_success=float(np.mean([r['curve'][0][1] for r in rs])),
@@ -87,8 +92,11 @@ def summarise(runs: List[Dict[str, Any]], level: float) -> Dict[str, Any]:
         )
     if 'oracle' in table and 'frozen' in table:
         o, f = table['oracle'], table['frozen']
-        if o['steps_to_target'] and f['steps_to_target']:
+        if o['steps_to_target'] and f['steps_to_target']:  # per seed, then averaged
             table['frozen_vs_oracle_steps_ratio'] = f['steps_to_target'] / o['steps_to_target']
+        if o['mean_curve_steps_to_target'] and f['mean_curve_steps_to_target']:
+            table['frozen_vs_oracle_mean_curve_steps_ratio'] = (f['mean_curve_steps_to_target']
+                                                                / o['mean_curve_steps_to_target'])
     return table
 
 

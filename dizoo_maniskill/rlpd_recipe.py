@@ -182,6 +182,6 @@ def run_arm(arm: str, exp_name: str, demo_dir: str, budget_steps: int, seed: int
 def steps_to_reach(curve: Sequence[Tuple[int, float]], level: float) -> Optional[int]:
     """The first evaluated env step whose success rate is at least ``level`` (None when none is)."""
     for step, success in curve:
-        if success >= level:
+        if success >= level - 1e-9:  # success rates averaged over seeds: 0.95 and 0.85 reach 0.9
             return int(step)
     return None

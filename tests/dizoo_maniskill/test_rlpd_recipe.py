@@ -75,6 +75,7 @@ def test_steps_to_reach_and_pooled_agreement():
     curve = [(0, 0.0), (2000, 0.4), (4000, 0.95), (6000, 0.85)]
     assert steps_to_reach(curve, 0.9) == 4000 and steps_to_reach(curve, 0.4) == 2000
     assert steps_to_reach(curve, 0.99) is None
+    assert steps_to_reach([(100, (0.95 + 0.85) / 2)], 0.9) == 100  # a seed average that is 0.9 up to rounding
     rows = [dict(tp=3, fp=1, fn=0, frames=10), dict(tp=1, fp=0, fn=2, frames=10)]
     a = pooled_agreement(rows)
     assert a['precision'] == pytest.approx(0.8) and a['recall'] == pytest.approx(4 / 6) and a['frames'] == 20
