@@ -108,11 +108,12 @@ def plot(runs: List[Dict[str, Any]], path: str, level: float) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
         steps, success = zip(*r['curve'])
-        ax.plot(steps, success, marker='o', color=colors.get(r['arm']), label=f"{r['arm']} (seed {r['seed']})")
+        ax.plot(steps, success, marker='o', color=colors.get(r['arm']), ls=('-', '--', ':', '-.')[r['seed'] % 4],
+                label=f"{r['arm']} (seed {r['seed']})")
     ax.axhline(level, color='grey', ls=':', lw=1)
     ax.set(xlabel='env steps', ylabel=f"eval success rate ({runs[0]['eval_episodes']} episodes)", ylim=(-0.03, 1.03),
            title='RLPD on PickCube: env reward vs learned reward')
-    ax.legend(loc='upper left', fontsize=8)
+    ax.legend(loc='lower right', fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
