@@ -5,7 +5,7 @@ Arms (``--arms``):
   frozen   the ResNet classifier, frozen, as the only reward (per step);
   cotrain  the same classifier, co-trained on env success labels during RL.
 
-Each arm reports the eval success rate (``n_evaluator_episode`` = 20 episodes of distinct initial states) against env
+Each arm reports the eval success rate (``--eval-episodes`` episodes of distinct initial states) against env
 steps, its wall time, and for the learned arms the reward's online precision and recall against env success. The
 target: ``frozen`` reaches 90% success in at most 1.5x the env steps ``oracle`` needs (or, short of 90%, ``oracle``'s
 final level within 1.5x its steps). Writes ``bench/results/pickcube_learned_reward.json`` and a PNG of the curves.
@@ -142,7 +142,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--arms', default='oracle,frozen,cotrain', help='comma list of oracle, frozen, cotrain')
     p.add_argument('--budget-steps', type=int, default=40000, help='env steps per arm')
     p.add_argument('--seeds', default='0', help='comma list of RL seeds (the same for every arm)')
-    p.add_argument('--eval-every', type=int, default=2000, help='env steps between evaluations')
+    p.add_argument('--eval-every', type=int, default=1000, help='env steps between evaluations')
+    p.add_argument('--eval-episodes', type=int, default=40,
+                   help='eval episodes per evaluation (distinct initial states, the same in every arm and seed)')
     p.add_argument('--target', type=float, default=0.9, help='success level whose env steps the arms compare')
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work'), help='demos, classifier, runs')
     p.add_argument('--demo-episodes', type=int, default=40, help='demonstrations in the demo buffer')
@@ -180,7 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[{arm} seed {seed}] RLPD for {args.budget_steps} env steps", flush=True)
             name = f"rlpd_{arm}{'_' + args.reward if arm != 'oracle' else ''}_seed{seed}"
             r = run_arm(arm, name, prep['demo_dir'], args.budget_steps, seed=seed,
-                        checkpoint=prep['checkpoint'], eval_every=args.eval_every, demo_episodes=args.demo_episodes)
+                        checkpoint=prep['checkpoint'], eval_every=args.eval_every, demo_episodes=args.demo_episodes,
+                        n_evaluator_episode=args.eval_episodes)
             runs.append(r)
             print(f"[{arm} seed {seed}] success {r['curve']}  wall {r['wall_time_s']:.0f}s  "
                   f"agreement {r['agreement']}", flush=True)

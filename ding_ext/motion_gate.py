@@ -79,6 +79,24 @@ def store_motion_threshold(checkpoint: str, calibration: Dict[str, Any]) -> Dict
     return stored
 
 
+def calibrate_auto_gate(data_dir: str, model_overrides: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """For a trainer: with ``still_motion_threshold='auto'`` among the model settings, calibrate the gate on the
+    training data (the model's ``clip_length`` and ``still_motion_keep``, or their defaults) and put the number in
+    ``model_overrides`` in place of 'auto', so that training, the validation report and the stored probability
+    threshold are those of the gated reward. Returns the calibration (store it with ``store_motion_threshold``), or
+    None when the settings ask for no calibration."""
+    if model_overrides.get('still_motion_threshold') != 'auto':
+        return None
+    from ding.utils import REWARD_MODEL_REGISTRY
+    # the trainer's option check has made sure the type is a clip model's (a single-frame model has no such key)
+    defaults = REWARD_MODEL_REGISTRY.get(model_overrides.get('type', 'resnet')).default_config()
+    clip_length = int(model_overrides.get('clip_length', defaults.clip_length))
+    keep = float(model_overrides.get('still_motion_keep', defaults.still_motion_keep))
+    calibration = calibrate_motion_threshold(data_dir, clip_length, keep)
+    model_overrides['still_motion_threshold'] = calibration['threshold']
+    return calibration
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog='python -m ding_ext.motion_gate', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

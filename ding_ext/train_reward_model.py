@@ -52,6 +52,7 @@ from .distributed import (
 from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by older code)
     binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
 )
+from .motion_gate import calibrate_auto_gate, store_motion_threshold
 from .image_folder_dataset import METADATA_FILE, DataError, ImageFolderDataset, scan_image_folder, split_train_val
 from .train_data import build_loaders, frames_per_episode_subset, write_debug_images
 from .train_options import (  # noqa: F401  (re-exported: the trainer's public option API)
@@ -118,14 +119,24 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     ``metadata`` (checkpoint metadata), ``save_dir``, ``summary_path``, ``world_size``, ``micro_batch_size``,
     ``accumulation_steps``, ``images_per_s`` (training throughput over all processes, validation excluded),
     ``report`` (the ``fidelity_report`` of the best model on the validation split; None without one, and on ranks
-    other than 0) and ``report_dir`` (``<save_dir>/fidelity_val``).
+    other than 0) and ``report_dir`` (``<save_dir>/fidelity_val``). With ``model.still_motion_threshold='auto'`` (clip
+    models) the still-scene gate is calibrated on the data first (``ding_ext.motion_gate.calibrate_auto_gate``), the
+    model trains and validates with it, both checkpoints carry it, and ``motion_gate`` holds the calibration.
 
     Raises ``OptionError`` (a ValueError) for bad options and ``DataError`` (a ValueError) for bad data.
     """
     opts, model_overrides = resolve_options(options)
+    data_dir = os.path.abspath(str(data_dir))
+    gate = calibrate_auto_gate(data_dir, model_overrides)  # model.still_motion_threshold='auto': a number from here
     ctx = init_distributed(opts['device'])
     try:
-        return _train(os.path.abspath(str(data_dir)), opts, model_overrides, ctx)
+        result = _train(data_dir, opts, model_overrides, ctx)
+        if gate is not None and ctx.is_main:  # the checkpoints carry the gate, for still_motion_threshold='auto'
+            for path in {result['best_path'], result['last_path']}:
+                if os.path.isfile(path):
+                    result['metadata'].update(store_motion_threshold(path, gate))
+            result['motion_gate'] = gate
+        return result
     finally:
         shutdown(ctx)
 

@@ -67,7 +67,6 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
     first, so that the validation report and the stored threshold are those of the gated reward (``motion_gate`` in
     the result)."""
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
-    from ding_ext.motion_gate import calibrate_motion_threshold, store_motion_threshold
     from ding_ext.train_reward_model import train_reward_model
     opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
                 early_stopping_patience=0, save_dir=save_dir, num_workers=0, target_precision=target_precision,
@@ -78,17 +77,9 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
     if clip:
         model.update({'model.type': 'resnet_video', 'model.clip_length': int(clip['reward_frames']),
                       **{f'model.{k}': clip[k] for k in ('num_frames', 'frame_sampling', 'fusion')}})
-    gate = None
-    if clip and still_keep and int(clip['reward_frames']) >= 2:
-        gate = calibrate_motion_threshold(data_dir, int(clip['reward_frames']), still_keep)
-        model['model.still_motion_threshold'] = gate['threshold']
-    result = train_reward_model(data_dir, **opts, **model)
-    if gate is not None:  # the checkpoints carry the gate, for still_motion_threshold='auto'
-        for path in {result['best_path'], result.get('last_path')} - {None}:
-            if os.path.isfile(path):
-                store_motion_threshold(path, gate)
-        result['motion_gate'] = gate
-    return result
+    if clip and still_keep and int(clip['reward_frames']) >= 2:  # the trainer calibrates it and stores it
+        model.update({'model.still_motion_threshold': 'auto', 'model.still_motion_keep': float(still_keep)})
+    return train_reward_model(data_dir, **opts, **model)
 
 
 def record_demos(demo_dir: str, episodes: int, env_cfg: Dict[str, Any], workers: int = 2,

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
 from ..image_utils import preprocess_images, to_nchw
-from ..motion_gate import MOTION_KEYS, calibrate_motion_threshold, last_frame_motion, store_motion_threshold
+from ..motion_gate import MOTION_KEYS, last_frame_motion
 from ..networks import FUSIONS, ResNetClassifier
 from ..video_frames import FRAME_SAMPLING, frame_indices, sample_frames, split_filmstrip
 from .base_image_reward_model import BaseImageRewardModel
@@ -41,11 +41,12 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         prompt_template=DEFAULT_PROMPT,
         # (float|str|None) Still-scene gate (``ding_ext.motion_gate``): a clip whose last two frames differ by more
         # than this (mean absolute pixel difference in [0, 1]) scores 0, for tasks whose success needs a still robot.
-        # 'auto': the still_motion_threshold stored in the checkpoint (python -m ding_ext.motion_gate --store);
+        # 'auto': the still_motion_threshold stored in the checkpoint (python -m ding_ext.motion_gate --store); when
+        # training (ding_ext.train_reward_model, pretrain_reward), calibrated on the training data and stored.
         # None: no gate.
         still_motion_threshold=None,
-        # (float) With still_motion_threshold='auto' and pretrain_reward: the fraction of pretrain_data_dir's success
-        # clips the gate calibrated there keeps (``ding_ext.motion_gate.calibrate_motion_threshold``).
+        # (float) When training with still_motion_threshold='auto': the fraction of the data's success clips the
+        # calibrated gate keeps (``ding_ext.motion_gate.calibrate_motion_threshold``).
         still_motion_keep=0.8,
     )
     config = dict(BaseImageRewardModel.config, type='base_video', **video_config)
@@ -71,22 +72,6 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         if t is not None and int(c.clip_length) < 2:
             raise ValueError("still_motion_threshold compares the last two frames of a clip: it needs clip_length >= 2, "
                              f"got {c.clip_length}")
-
-    def pretrain(self) -> Dict[str, Any]:
-        """The base pretraining; with still_motion_threshold='auto' the gate is calibrated on pretrain_data_dir
-        first, so that the trainer's validation report and threshold are the gated reward's, and stored with the
-        weights (``motion_gate`` in the result)."""
-        if self.cfg.still_motion_threshold != 'auto' or not self.cfg.pretrain_data_dir:
-            return super().pretrain()
-        gate = calibrate_motion_threshold(self.cfg.pretrain_data_dir, int(self.cfg.clip_length),
-                                          float(self.cfg.still_motion_keep))
-        self.cfg.still_motion_threshold = gate['threshold']  # the trainer's model and the saved copy use it
-        try:
-            result = super().pretrain()
-        finally:
-            self.cfg.still_motion_threshold = 'auto'
-        self.loaded_metadata.update(store_motion_threshold(result['best_path'], gate))
-        return dict(result, motion_gate=gate)
 
     @property
     def motion_threshold(self) -> Optional[float]:

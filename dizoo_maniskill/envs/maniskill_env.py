@@ -313,8 +313,9 @@ class ManiSkillEnv(ConfiguredEnv):
 
     @classmethod
     def create_evaluator_env_cfg(cls, cfg: dict) -> List[dict]:
-        # the evaluator judges by the env's success flag: its envs render no reward images
-        return [dict(c, reward_render_mode='none') for c in cls.replicate_config(cfg, 'evaluator_env_num')]
+        # the evaluator judges by the env's success flag: its envs render no reward images, not even a clip's frames
+        return [dict(c, reward_render_mode='none', reward_frames=1)
+                for c in cls.replicate_config(cfg, 'evaluator_env_num')]
 
     def label_facts(self, ms_info: Dict[str, Any]) -> Dict[str, Any]:
         """Facts behind the env's success label for the current state, for the dataset sidecar.

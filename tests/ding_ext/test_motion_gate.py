@@ -114,3 +114,24 @@ def test_pretraining_with_an_auto_gate_calibrates_it_on_the_pretrain_data(tmp_pa
     assert again.motion_threshold == 0.0 and again.pretrain_result is None
     with pytest.raises(ValueError, match="still_motion_keep"):
         make_video_model(still_motion_keep=1.5)
+
+
+def test_the_trainer_calibrates_an_auto_gate_and_stores_it_in_both_checkpoints(tmp_path):
+    from ding_ext.checkpoint_io import load_checkpoint
+    from ding_ext.train_reward_model import train_reward_model
+    data = str(tmp_path / 'clips')
+    _write_clips(data, n=8)
+    common = dict(epochs=1, batch_size=8, val_split=0.25, progress=False, num_workers=0)
+    result = train_reward_model(data, save_dir=str(tmp_path / 'ckpt'), **common,
+                                **{'model.type': 'resnet_video', 'model.arch': 'resnet18', 'model.image_size': [3, 32, 32],
+                                   'model.clip_length': 2, 'model.num_frames': 1, 'model.frame_sampling': 'last',
+                                   'model.still_motion_threshold': 'auto', 'model.still_motion_keep': 1.0})
+    assert result['motion_gate']['threshold'] == 0.0 and result['motion_gate']['moving_failure_passed'] == 0.0
+    for path in (result['best_path'], result['last_path']):
+        meta = load_checkpoint(path)[1]
+        assert meta['still_motion_threshold'] == 0.0 and meta['still_motion_keep'] == 1.0
+    # the trained model scored the validation split through the gate: no moving clip was called a success
+    assert result['metadata']['still_motion_threshold'] == 0.0
+    with pytest.raises(ValueError, match="unknown model option 'model.still_motion_threshold'"):  # single frames
+        train_reward_model(data, save_dir=str(tmp_path / 'single'), **common,
+                           **{'model.type': 'resnet', 'model.still_motion_threshold': 'auto'})

@@ -332,7 +332,10 @@ def test_reward_camera_pose_and_fov(warm_renderer):
 
 
 def test_evaluator_envs_render_no_reward_images():
-    cfgs = ManiSkillEnv.create_evaluator_env_cfg(dict(reward_render_mode='every_step', evaluator_env_num=2))
+    cfgs = ManiSkillEnv.create_evaluator_env_cfg(dict(reward_render_mode='every_step', evaluator_env_num=2,
+                                                      reward_frames=2))
     assert len(cfgs) == 2 and all(c['reward_render_mode'] == 'none' for c in cfgs)
+    env = ManiSkillEnv(cfgs[0])  # a clip env's evaluator copy renders nothing, not even the clip's frames
+    assert not env.renders_every_step
     assert ManiSkillEnv.create_collector_env_cfg(dict(reward_render_mode='every_step'))[0]['reward_render_mode'] \
         == 'every_step'
