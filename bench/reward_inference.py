@@ -9,7 +9,8 @@ For every batch size x image size x precision x channels_last setting it times, 
                          the CPU (uint8 -> float /255, NHWC -> NCHW, ImageNet mean/std, then to the device), fp32 or
                          bf16 autocast, probabilities back on the CPU.
 The functions of a row are timed in turns (each repeat times all of them), so load from other processes hits them
-alike. Ratios: ``*_ratio`` against the baseline of the same precision, ``*_ratio_fp32`` against the fp32 baseline
+alike. ``int8`` times our quantised copy (``precision='int8'``, calibrated on random images, its agreement check
+waived: the speed only) against the fp32 baseline. Ratios: ``*_ratio`` against the baseline of the same precision, ``*_ratio_fp32`` against the fp32 baseline
 (the targets of issue 13 are stated against plain fp32). Model: resnet18, hidden_dim 256, random init, frozen (loaded from a checkpoint); image_size
 [3, S, S] for S x S inputs. On CUDA a reference is added at batch 256 / 128 px: the baseline under torch.compile,
 channels_last, bf16 autocast, timed with the baseline's CPU preparation and with the uint8 batch moved to the GPU
@@ -19,6 +20,7 @@ first (compile errors are recorded, not raised).
     python bench/reward_inference.py --device cpu --quick         # batches 1,16; 0.2 s per function
     python bench/reward_inference.py --device cpu --batches 64 --sizes 128 --precisions fp32 --channels-last true,false
     python bench/reward_inference.py --device cuda --gpu-target   # batch 256 / 128 px / bf16 / channels_last / compile
+    python bench/reward_inference.py --device cpu --batches 64 --sizes 128 --precisions fp32,int8   # the CPU target
 
 Writes ``bench/results/reward_inference_<device>.json`` (``--out``) after every row. Without DI-engine (a bare GPU
 machine), install it from wheels first and put them on PYTHONPATH; if ``ding_ext`` still fails to import, the
@@ -61,7 +63,8 @@ from bench.timing import images_per_second, time_in_turns  # noqa: E402
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+# the baseline's autocast dtype per precision; int8 (ours: a quantised copy) is measured against the plain fp32 model
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'int8': torch.float32}
 
 
 def plain_model(device: torch.device) -> nn.Module:
@@ -97,8 +100,24 @@ def ours_model(size: int, precision: str, device: torch.device, channels_last, c
                precision=precision, reward_mode='per_step', inference_batch_size=256, channels_last=channels_last,
                compile=compile_, score_once=False)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ResNetRewardModel(cfg, device='cpu').save(os.path.join(tmp, 'random_init.safetensors'))
-        return ResNetRewardModel(dict(cfg, checkpoint_path=ckpt, cooptrain_reward=False), device=str(device))
+        init = ResNetRewardModel(dict(cfg, precision='fp32'), device='cpu')
+        ckpt = init.save(os.path.join(tmp, 'random_init.safetensors'))
+        frozen = dict(cfg, checkpoint_path=ckpt, cooptrain_reward=False)
+        if precision == 'int8':  # calibrated on random images; speed only: the agreement check is waived
+            frozen.update(int8_calibration_data=random_image_folder(os.path.join(tmp, 'images'), size),
+                          int8_tolerance=1.0)
+        model = ResNetRewardModel(frozen, device=str(device))
+        model.predict_proba(np.zeros((1, size, size, 3), np.uint8))  # builds the scoring copy (int8: here)
+        return model
+
+
+def random_image_folder(root: str, size: int, n: int = 64) -> str:
+    from ding_ext.png_writer import write_png
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_png(os.path.join(root, ('success', 'failure')[i % 2], f'{i}.png'),
+                  rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return root
 
 
 def compare(fns: dict, n_images: int, seconds: float, warmup: int, device: torch.device, repeats: int = 3) -> dict:
@@ -136,7 +155,7 @@ def time_row(ours, base, rng, n: int, size: int, precision: str, layout, compile
         ours.compute_rewards(batch)
         row['first_call_s'] = time.perf_counter() - t0
     fns = dict(baseline=baseline_fn(base, batch, device, DTYPES[precision]))
-    if precision != 'fp32':
+    if DTYPES[precision] != torch.float32:
         fns['baseline_fp32'] = baseline_fn(base, batch, device, torch.float32)
     if ours is not None:
         transitions = [dict(obs=np.zeros(4, np.float32), action=np.zeros(2, np.float32), reward=torch.zeros(1),

@@ -5,6 +5,8 @@ Training keeps the plain module; scoring goes through ``InferenceNetwork``, whic
 - BatchNorm folded into the preceding convolutions (``torch.fx.experimental.optimization.fuse``; a network that
   torch.fx cannot trace is used unfolded, with a log line);
 - the ``channels_last`` memory format where configured (``'auto'``: on CPU and CUDA, see ``CHANNELS_LAST_AUTO``);
+- optionally int8 (``precision='int8'``): a quantised copy, kept only where it agrees with fp32
+  (``ding_ext.int8_inference``);
 - optionally ``torch.compile``: a failure (at compile time or at the first call) falls back to eager with a warning
   naming the error. With ``freeze_weights`` (a frozen reward model) inductor's freezing folds the weights into the
   compiled code (prepacked oneDNN convolutions on CPU: about 2x eager there, against about 1.1x without); such a
@@ -18,7 +20,7 @@ copy (a compiled copy is not compiled again). Edits through ``tensor.data`` bypa
 import copy
 import logging
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -62,8 +64,11 @@ class InferenceNetwork:
     """Scores NCHW batches with a fast eval-mode copy of ``network``; ``__call__`` returns the logits."""
 
     def __init__(self, network: nn.Module, channels_last: bool = False, compile: bool = False,
-                 freeze_weights: bool = False) -> None:
+                 freeze_weights: bool = False,
+                 quantize: Optional[Callable[[nn.Module], Optional[nn.Module]]] = None) -> None:
         self.network = network
+        # int8 scoring: builds a quantised copy of the folded network (None: it refused one, score in float)
+        self.quantize = quantize
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         self.freeze_weights = bool(freeze_weights)
@@ -77,8 +82,9 @@ class InferenceNetwork:
         net, how = fold_batchnorm(self.network)
         same_device = self._eager is not None and \
             next(self._eager.parameters()).device == next(net.parameters()).device
-        frozen_compiled = self._net is not self._eager and self.freeze_weights
-        if same_device and not frozen_compiled:  # the same structure: new weights into the built (maybe compiled) copy
+        # compiled with frozen weights, or quantised: the weights are baked in, build again
+        baked = self._net is not self._eager and (self.freeze_weights or self.quantize is not None)
+        if same_device and not baked:  # the same structure: new weights into the built (maybe compiled) copy
             self._eager.load_state_dict(net.state_dict())
             self._version = weights_version(self.network)
             return
@@ -88,7 +94,12 @@ class InferenceNetwork:
             net = net.to(memory_format=torch.channels_last)
         self._eager = self._net = net
         self.description = f"{how}, {'channels_last' if self.channels_last else 'NCHW'}"
-        if self.compile:
+        if self.quantize is not None:
+            quantised = self.quantize(net)
+            if quantised is not None:
+                self._net = quantised
+                self.description += ', int8'
+        elif self.compile:
             try:
                 self._net = torch.compile(net, options=dict(freezing=True) if self.freeze_weights else None)
                 self.description += ', torch.compile' + (' (weights frozen)' if self.freeze_weights else '')
@@ -108,7 +119,7 @@ class InferenceNetwork:
             self._build()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._net is self._eager:
+        if self._net is self._eager or self.quantize is not None:
             return self._net(x)
         try:
             return self._net(x)

@@ -52,9 +52,19 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         # (set for its checkpoints by ding_ext.rlinf_migration). Stored in and checked against checkpoints.
         resize_antialias=True,
         # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16 | auto (bf16 or fp16 only
-        # where the device runs it natively, else fp32; see ding_ext.precision). The choice is logged and kept in
-        # ``precision_choice``.
+        # where the device runs it natively, else fp32; see ding_ext.precision) | int8 (frozen models on CPU: a
+        # quantised copy scores, kept only where it agrees with fp32 on int8_calibration_data; training stays fp32).
+        # The choice is logged and kept in ``precision_choice``.
         precision='fp32',
+        # (str|None) precision='int8': success/ + failure/ folder of the images the model scores (the collected
+        # data), to calibrate the int8 copy on and to check it against fp32 (ding_ext.int8_inference).
+        int8_calibration_data=None,
+        # (int) precision='int8': images of int8_calibration_data (spread over the folder) that check the int8 copy,
+        # and of those the images that calibrate its activation ranges.
+        int8_check_images=4096,
+        int8_calibration_images=1024,
+        # (float) precision='int8': largest change of precision or recall (at the threshold) that keeps int8.
+        int8_tolerance=0.005,
         # (str) per_step: score every transition; terminal: score transitions with done=True, r=0 elsewhere.
         reward_mode='terminal',
         # (float) Model reward when the success probability is above the threshold (``reward_threshold``).
@@ -203,8 +213,19 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
             self.network.to(self.device)
         self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
         self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile),
-                                                  freeze_weights=not self.cfg.cooptrain_reward)
+                                                  freeze_weights=not self.cfg.cooptrain_reward,
+                                                  quantize=self._int8_copy if self.cfg.precision == 'int8' else None)
         return self
+
+    def _int8_copy(self, network: nn.Module) -> Optional[nn.Module]:
+        """The int8 copy of the folded network, or None where it disagrees with fp32 (``precision_choice`` says)."""
+        from ..int8_inference import build_int8_copy
+        quantised, check = build_int8_copy(self, network)
+        self.precision_choice = dict(
+            precision='int8' if quantised is not None else 'fp32', int8_check=check,
+            reason='the int8 copy agrees with fp32' if quantised is not None else
+            f"the int8 copy changed precision or recall by more than {check['tolerance']} on {check['data']}")
+        return quantised
 
     def _load_seed_images(self, data_dir: str) -> None:
         from ..image_folder_dataset import scan_image_folder
@@ -255,6 +276,15 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
             raise ValueError(f"use_soft_reward must be one of {SOFT_REWARD_CHOICES}, got {c.use_soft_reward!r}")
         if c.precision not in PRECISION_CHOICES:
             raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {c.precision!r}")
+        if c.precision == 'int8':
+            if c.cooptrain_reward:
+                raise ValueError("precision 'int8' scores a frozen model (its copy is calibrated once): set "
+                                 "cooptrain_reward false, or use fp32/auto for co-training")
+            if not c.int8_calibration_data:
+                raise ValueError("precision 'int8' needs int8_calibration_data: a success/ + failure/ folder of the "
+                                 "images the model scores, to calibrate the int8 copy and check it against fp32")
+            if c.compile:
+                raise ValueError("precision 'int8' and compile exclude each other: the int8 copy is not compiled")
         check_crop(c.image_crop)
         if len(c.image_size) != 3:
             raise ValueError(f"image_size must be [C, H, W], got {c.image_size!r}")

@@ -96,6 +96,9 @@ class VLMRewardModel(BaseVideoRewardModel):
 
     # ------------------------------------------------------------------ config and loading
     def _validate_config(self) -> None:
+        if self.cfg.precision == 'int8':
+            raise ValueError("precision 'int8' is for the ResNet reward models; the qwen_vl reward model scores in "
+                             "fp32, bf16, fp16 or auto")
         super()._validate_config()
         c = self.cfg
         if c.cooptrain_reward or c.pretrain_reward:
