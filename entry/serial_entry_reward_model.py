@@ -109,8 +109,11 @@ def setup_workers(
                 demos.rescore(None)  # the env reward without the images (another reward model scores sampled batches)
             # else: the image reward model scores demos in the sampled batches (once each with score_once)
             logging.info(f"demo buffer: {len(demos)} transitions from {cfg.policy.other.replay_buffer.demo_path}")
-            # a policy that can learn from the demos before RL (RLPD: learn.bc_pretrain_iterations) does so now
+            # a policy that can learn from the demos before RL (RLPD: learn.bc_pretrain_iterations) does so now,
+            # from the seed again: whatever reward model was built (its random init draws numbers), a seed's runs
+            # start from the same pretrained policy
             pretrain = getattr(policy, 'pretrain_on_demos', None)
+            set_pkg_seed(cfg.seed, use_cuda=cfg.policy.cuda)
             stats = pretrain(demos.raw) if pretrain is not None else None
             if stats:
                 logging.info(f"actor pretrained on the demos: {stats}")
