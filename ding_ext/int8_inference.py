@@ -12,6 +12,7 @@ otherwise scoring stays fp32. Either way the outcome, with the numbers, is logge
 Why: on CPUs without native bf16 (no AVX512_BF16 or AMX), bf16 is emulated and slower than fp32, while fbgemm's int8
 kernels run on AVX2 (bench/reward_inference.py measures it: ``--precisions fp32,int8``).
 """
+import copy
 import logging
 import warnings
 from typing import Any, Dict, Optional, Tuple
@@ -64,7 +65,6 @@ def quantize_network(network: nn.Module, calibration: torch.Tensor, batch_size: 
 def copy_for_quantization(network: nn.Module) -> nn.Module:
     """A float32 NCHW eval copy on the CPU (quantisation wants contiguous float weights, whatever the original's
     memory format and device)."""
-    import copy
     net = copy.deepcopy(network).float().cpu().eval()
     with torch.no_grad():
         for p in list(net.parameters()) + list(net.buffers()):
