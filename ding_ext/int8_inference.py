@@ -132,7 +132,8 @@ def build_int8_copy(model: Any, network: nn.Module) -> Tuple[Optional[nn.Module]
     result.update(data=str(cfg.int8_calibration_data), calibration_images=int(len(calibration)))
     f32, i8 = result['fp32'], result['int8']
     summary = (f"fp32 precision {f32['precision']:.4f} recall {f32['recall']:.4f}, int8 precision "
-               f"{i8['precision']:.4f} recall {i8['recall']:.4f} on {result['images']} images of {result['data']} at threshold {result['threshold']:.4g} (tolerance {result['tolerance']})")
+               f"{i8['precision']:.4f} recall {i8['recall']:.4f} on {result['images']} images of {result['data']} at "
+               f"threshold {result['threshold']:.4g} (tolerance {result['tolerance']})")
     if result['accepted']:
         logger.info("reward model scores in int8: %s", summary)
         return q, result
