@@ -73,20 +73,15 @@ def copy_for_quantization(network: nn.Module) -> nn.Module:
     return net
 
 
-def precision_recall(probs: np.ndarray, labels: np.ndarray, threshold: float) -> Tuple[float, float]:
-    pred = probs > threshold
-    tp = float(np.sum(pred & labels))
-    return (tp / max(float(pred.sum()), 1.0), tp / max(float(labels.sum()), 1.0))
-
-
 def check_agreement(fp32_probs: Any, int8_probs: Any, labels: Any, threshold: float,
                     tolerance: float) -> Dict[str, Any]:
     """Precision and recall of both at ``threshold`` against ``labels``; ``accepted`` when both stay within
     ``tolerance`` of fp32's."""
+    from .evaluation import metrics_from_probs
     a, b = np.asarray(fp32_probs, dtype=np.float64), np.asarray(int8_probs, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
-    p32, r32 = precision_recall(a, y, threshold)
-    p8, r8 = precision_recall(b, y, threshold)
+    m32, m8 = metrics_from_probs(a, y, threshold), metrics_from_probs(b, y, threshold)
+    p32, r32, p8, r8 = m32['precision'], m32['recall'], m8['precision'], m8['recall']
     return dict(images=int(len(y)), success=int(y.sum()), threshold=float(threshold), tolerance=float(tolerance),
                 fp32=dict(precision=p32, recall=r32), int8=dict(precision=p8, recall=r8),
                 decisions_agree=float(np.mean((a > threshold) == (b > threshold))) if len(y) else float('nan'),
@@ -106,11 +101,8 @@ def build_int8_copy(model: Any, network: nn.Module) -> Tuple[Optional[nn.Module]
     calibrate it."""
     from .image_folder_dataset import ImageFolderDataset, scan_image_folder
     cfg = model.cfg
-    scan = scan_image_folder(cfg.int8_calibration_data, cache=False)
-    labels = np.asarray(scan.labels, dtype=bool)
-    if labels.all():  # scan_image_folder has made sure both class folders exist
-        raise ValueError(f"int8_calibration_data {cfg.int8_calibration_data} has no readable failure image")
-    check = spread(len(labels), int(cfg.int8_check_images))  # both classes in proportion (the folder's order)
+    scan = scan_image_folder(cfg.int8_calibration_data, cache=False)  # raises unless both classes have images
+    check = spread(len(scan.labels), int(cfg.int8_check_images))  # both classes in proportion (the folder's order)
     data = ImageFolderDataset(scan, check)
     step = int(cfg.inference_batch_size)
 
