@@ -34,6 +34,10 @@ CLIP = dict(reward_frames=5, reward_frame_stride=1, num_frames=2, frame_sampling
 # clips through; a single-frame classifier called 26 of 57 "at the goal, still moving" frames a success)
 STILL = dict(reward_frames=2, reward_frame_stride=1, num_frames=1, frame_sampling='last', fusion='early')
 STILL_KEEP = 0.8
+# the co-trained arm: the classifier trains on the run's own frames (labelled by env success) every 16 collect
+# iterations (1,024 env steps), 160 BCE steps each (10 per iteration on average); between trainings the replay buffer's
+# stored probabilities stay valid, so it is scored again once per training, not after every collect iteration
+COTRAIN = dict(train_interval=16, update_per_collect=160)
 
 
 def env_config(**overrides: Any) -> Dict[str, Any]:
@@ -120,7 +124,7 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
     rm = main.reward_model
     meta = load_checkpoint(checkpoint)[1]
     rm.update(checkpoint_path=os.path.abspath(checkpoint), image_size=meta.get('image_size', MODEL_IMAGE_SIZE),
-              cooptrain_reward=arm == 'cotrain')
+              cooptrain_reward=arm == 'cotrain', **(COTRAIN if arm == 'cotrain' else {}))
     if meta.get('type') == 'resnet_video':  # a clip classifier: its clip settings, and an env that renders clips
         rm.update(type='resnet_video', **{k: meta[k] for k in VIDEO_KEYS if k in meta})
         # the checkpoint's still-scene gate (ding_ext.motion_gate), or none

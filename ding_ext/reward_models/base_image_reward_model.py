@@ -96,8 +96,12 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         batch_size=64,
         # (int) Training augmentation: random shift of each image by up to this many pixels (0 = off).
         augment_shift=4,
-        # (int) BCE steps per ``train()`` call.
+        # (int) BCE steps per ``train()`` call that trains.
         update_per_collect=10,
+        # (int) ``train()`` trains on every train_interval-th call only (the calls between add data, nothing else).
+        # With score_once a co-trained model's stored probabilities then stay valid for train_interval collect
+        # iterations: the replay buffer is scored again once per train_interval iterations, not after every one.
+        train_interval=1,
         # (int) ``clear_data(iter)`` empties the buffer when iter % clear_buffer_per_iters == 0.
         clear_buffer_per_iters=100,
         # (int) New transitions the DI-engine pipelines collect before each train(); kept at 1 (one collect call).
@@ -175,6 +179,9 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         self.seed_success_images: List[np.ndarray] = []
         self.seed_failure_images: List[np.ndarray] = []
         self.train_iter = 0
+        self.train_calls = 0  # train() calls, trained or not (train_interval)
+        if not (isinstance(self.cfg.train_interval, int) and self.cfg.train_interval >= 1):
+            raise ValueError(f"reward_model.train_interval must be a positive integer, got {self.cfg.train_interval!r}")
         self.loaded_metadata: Dict[str, Any] = {}
         self._calibration: Dict[str, Any] = {}  # calibration of the loaded weights, until they are trained
         self._one_class_warned = False
@@ -378,11 +385,15 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         self.failure_images.clear()
 
     def train(self, data: Any = None) -> Optional[Dict[str, float]]:
-        """``update_per_collect`` BCE steps on class-balanced mini-batches from the buffer.
+        """``update_per_collect`` BCE steps on class-balanced mini-batches from the buffer, on every
+        ``train_interval``-th call.
 
-        Does nothing for a frozen model, or while one class has no images yet.
+        Does nothing for a frozen model, on the calls between, or while one class has no images yet.
         """
         if not self.cfg.cooptrain_reward:
+            return None
+        self.train_calls += 1
+        if self.train_calls % int(self.cfg.train_interval) != 0:
             return None
         pos = self.seed_success_images + self.success_images
         neg = self.seed_failure_images + self.failure_images

@@ -96,6 +96,28 @@ def test_cotrained_model_scores_again_after_a_weight_update(tmp_path, naive_buff
     assert all(t[SCORE_KEY].version == model.model_version for t in data)  # stored with the transitions
 
 
+def test_train_interval_keeps_stored_scores_between_trainings(tmp_path, naive_buffer):
+    model = make_model(reward_mode='per_step', use_soft_reward=True, update_per_collect=2, batch_size=4,
+                       train_interval=3)
+    scored = []
+    count_forward_calls(model, scored)
+    data = online_transitions(10)
+    naive_buffer.push(data, cur_collector_envstep=0)
+    everything = lambda it: naive_buffer.sample(10, it, replace=False)  # noqa: E731
+    model.collect_data(data)
+    model.estimate(everything(0))
+    for it in (1, 2):  # the calls between trainings add data and leave the weights (and stored scores) alone
+        assert model.train() is None
+        model.estimate(everything(it))
+    assert sum(scored) == 10 and model.train_iter == 0
+    assert model.train() is not None  # the third call trains
+    assert model.train_iter == 2
+    model.estimate(everything(3))
+    assert sum(scored) == 20
+    with pytest.raises(ValueError, match='train_interval'):
+        make_model(train_interval=0)
+
+
 def test_demo_mix_samples_share_the_stored_score(tmp_path, monkeypatch):
     import ding_ext.demo_replay_buffer  # noqa: F401  (registers demo_mix)
     monkeypatch.chdir(tmp_path)

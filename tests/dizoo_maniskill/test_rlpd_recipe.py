@@ -33,6 +33,8 @@ def test_arm_configs(tmp_path):
     assert 'still_motion_threshold' not in frozen.reward_model and 'clip_length' not in frozen.reward_model
     cotrain, _ = arm_config('cotrain', 'c', 'demos', checkpoint=ckpt)
     assert cotrain.reward_model.cooptrain_reward is True and cotrain.reward_model.reward_threshold == 0.5
+    # it trains on a cadence (its replay buffer is scored again once per training); the frozen arm has the default
+    assert cotrain.reward_model.train_interval > 1 and frozen.reward_model.get('train_interval', 1) == 1
     from ding_ext.checkpoint_io import load_checkpoint, save_checkpoint
     weights, meta = load_checkpoint(ckpt)
     calibrated = save_checkpoint(str(tmp_path / 'cal.safetensors'), weights, dict(meta, calibrated_threshold=0.3))
