@@ -90,14 +90,33 @@ def summarise(runs: List[Dict[str, Any]], level: float) -> Dict[str, Any]:
             env_steps=int(max(r['curve'][-1][0] for r in rs)),
             agreement=[r['agreement'] for r in rs if r['agreement']],
         )
-    if 'oracle' in table and 'frozen' in table:
-        o, f = table['oracle'], table['frozen']
+    for arm in ('frozen', 'cotrain'):
+        if 'oracle' not in table or arm not in table:
+            continue
+        o, f = table['oracle'], table[arm]
         if o['steps_to_target'] and f['steps_to_target']:  # per seed, then averaged
-            table['frozen_vs_oracle_steps_ratio'] = f['steps_to_target'] / o['steps_to_target']
+            table[f'{arm}_vs_oracle_steps_ratio'] = f['steps_to_target'] / o['steps_to_target']
         if o['mean_curve_steps_to_target'] and f['mean_curve_steps_to_target']:
-            table['frozen_vs_oracle_mean_curve_steps_ratio'] = (f['mean_curve_steps_to_target']
-                                                                / o['mean_curve_steps_to_target'])
+            table[f'{arm}_vs_oracle_mean_curve_steps_ratio'] = (f['mean_curve_steps_to_target']
+                                                                 / o['mean_curve_steps_to_target'])
+        table[f'{arm}_vs_oracle_per_seed'] = per_seed_ratios(runs, arm, level)
     return table
+
+
+def per_seed_ratios(runs: List[Dict[str, Any]], arm: str, level: float, within: float = 1.5) -> Dict[str, Any]:
+    """Seed by seed: the env steps ``arm`` and the oracle need to reach ``level``, their ratio, and whether ``arm``
+    reached it within ``within`` times the oracle's steps (a seed where the oracle never reaches it is left out)."""
+    from dizoo_maniskill.rlpd_recipe import steps_to_reach
+    oracle = {r['seed']: steps_to_reach(r['curve'], level) for r in runs if r['arm'] == 'oracle'}
+    rows = []
+    for r in runs:
+        if r['arm'] != arm or r['seed'] not in oracle:
+            continue
+        o, a = oracle[r['seed']], steps_to_reach(r['curve'], level)
+        rows.append(dict(seed=r['seed'], oracle_steps=o, steps=a, ratio=a / o if a and o else None,
+                         within=None if o is None else bool(a is not None and a <= within * o)))
+    judged = [row for row in rows if row['within'] is not None]
+    return dict(seeds=rows, met=sum(row['within'] for row in judged), judged=len(judged), within=within)
 
 
 def plot(runs: List[Dict[str, Any]], path: str, level: float) -> str:
@@ -106,10 +125,14 @@ def plot(runs: List[Dict[str, Any]], path: str, level: float) -> str:
     import matplotlib.pyplot as plt
     colors = dict(oracle='black', frozen='tab:blue', cotrain='tab:orange')
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
+    for r in runs:  # each seed thin, the arm's mean curve thick
         steps, success = zip(*r['curve'])
-        ax.plot(steps, success, marker='o', color=colors.get(r['arm']), ls=('-', '--', ':', '-.')[r['seed'] % 4],
-                label=f"{r['arm']} (seed {r['seed']})")
+        ax.plot(steps, success, color=colors.get(r['arm']), lw=0.8, alpha=0.35)
+    for arm, row in summarise(runs, level).items():
+        if isinstance(row, dict) and 'mean_curve' in row:
+            steps, success = zip(*row['mean_curve'])
+            ax.plot(steps, success, marker='o', lw=2.2, color=colors.get(arm),
+                    label=f"{arm} (mean of {len(row['seeds'])} seeds)")
     ax.axhline(level, color='grey', ls=':', lw=1)
     ax.set(xlabel='env steps', ylabel=f"eval success rate ({runs[0]['eval_episodes']} episodes)", ylim=(-0.03, 1.03),
            title='RLPD on PickCube: env reward vs learned reward')
