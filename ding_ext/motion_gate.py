@@ -66,6 +66,11 @@ def calibrate_motion_threshold(data_dir: str, clip_length: int, keep: float = 0.
     moving = np.asarray([s is False for s in static]) & ~labels
     if moving.any():
         out.update(moving_failure_clips=int(moving.sum()), moving_failure_passed=float(np.mean(motion[moving] <= threshold)))
+    phases = np.asarray([str(f.get('phase')) if f and f.get('phase') else '' for f in scan.frames])
+    if (phases[~labels] != '').any():  # the sidecar names each frame's phase (e.g. PickCube's at_goal_moving)
+        out['failure_passed_by_phase'] = {
+            ph: float(np.mean(motion[~labels & (phases == ph)] <= threshold))
+            for ph in sorted(set(phases[~labels].tolist()) - {''})}
     return out
 
 
@@ -104,7 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--clip-length', type=int, default=None,
                    help="frames per clip (default: the checkpoint's clip_length)")
     p.add_argument('--checkpoint', help='clip reward checkpoint to store the threshold in (with --store)')
-    p.add_argument('--keep', type=float, default=0.8, help='fraction of success clips the gate keeps')
+    p.add_argument('--keep', type=float, nargs='+', default=[0.8],
+                   help='fraction of success clips the gate keeps; several values print a sweep (what each lets '
+                        'through) and store nothing')
     p.add_argument('--store', action='store_true', help="write the threshold into --checkpoint's metadata")
     args = p.parse_args(argv)
     clip_length = args.clip_length
@@ -116,10 +123,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--clip-length is needed (or a --checkpoint of a clip model)")
     if args.store and not args.checkpoint:
         p.error("--store needs --checkpoint")
-    calib = calibrate_motion_threshold(args.data, int(clip_length), args.keep)
+    if args.store and len(args.keep) > 1:
+        p.error("--store takes one --keep value")
+    calibs = [calibrate_motion_threshold(args.data, int(clip_length), keep) for keep in args.keep]
     if args.store:
-        calib['stored'] = store_motion_threshold(args.checkpoint, calib)
-    print(json.dumps(calib, indent=2))
+        calibs[0]['stored'] = store_motion_threshold(args.checkpoint, calibs[0])
+    print(json.dumps(calibs[0] if len(calibs) == 1 else calibs, indent=2))
     return 0
 
 

@@ -46,7 +46,8 @@ def _write_clips(root, n=12):
             shift = 0 if label or i % 2 else 2 + i % 5
             rel = f"{name}/{i:04d}.png"
             write_png(os.path.join(root, rel), _clip(shift, seed=i))
-            rows.append(dict(file=rel, label=label, is_robot_static=shift == 0, episode_id=f"e{i}"))
+            phase = 'at_goal_static' if label else ('at_goal_moving' if shift else 'approach')
+            rows.append(dict(file=rel, label=label, is_robot_static=shift == 0, episode_id=f"e{i}", phase=phase))
     with open(os.path.join(root, 'frames.jsonl'), 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in rows)
 
@@ -58,6 +59,7 @@ def test_calibrated_gate_zeroes_moving_clips_in_the_model_and_survives_the_check
     assert calib['threshold'] == 0.0 and calib['success_kept'] == 1.0  # every success clip here is perfectly still
     assert calib['moving_failure_clips'] == 6 and calib['moving_failure_passed'] == 0.0
     assert calib['failure_passed'] == 0.5  # the still failures pass the gate: the classifier judges those
+    assert calib['failure_passed_by_phase'] == {'approach': 1.0, 'at_goal_moving': 0.0}  # from the sidecar's phases
     with pytest.raises(ValueError, match="keep"):
         calibrate_motion_threshold(data, 2, keep=0.0)
 
@@ -96,6 +98,21 @@ def test_bad_gate_settings_are_named(tmp_path):
         make_video_model(clip_length=1, num_frames=1, still_motion_threshold=0.01)
     with pytest.raises(SystemExit):
         main(['--data', str(tmp_path)])  # no clip length and no checkpoint
+
+
+def test_a_sweep_of_keep_values_prints_what_each_lets_through(tmp_path, capsys):
+    data = str(tmp_path / 'clips')
+    _write_clips(data)
+    assert main(['--data', data, '--clip-length', '2', '--keep', '0.5', '1.0']) == 0
+    printed = capsys.readouterr().out
+    sweep = json.loads(printed[printed.index('[\n'):])
+    assert [c['keep'] for c in sweep] == [0.5, 1.0] and all('stored' not in c for c in sweep)
+    assert all(c['failure_passed_by_phase']['at_goal_moving'] == 0.0 for c in sweep)
+    ckpt = tmp_path / 'x.safetensors'
+    ckpt.write_bytes(b'')
+    with pytest.raises(SystemExit):  # storing needs one value
+        main(['--data', data, '--clip-length', '2', '--checkpoint', str(ckpt), '--keep', '0.5', '1.0', '--store'])
+    assert 'one --keep value' in capsys.readouterr().err
 
 
 def test_pretraining_with_an_auto_gate_calibrates_it_on_the_pretrain_data(tmp_path):
