@@ -85,6 +85,8 @@ def summarise(runs: List[Dict[str, Any]], level: float) -> Dict[str, Any]:
             seeds=[r['seed'] for r in rs], final_success=float(np.mean([r['final_success'] for r in rs])),
             # the first evaluation, before any RL update: the actor cloned from the demos
             start_success=float(np.mean([r['curve'][0][1] for r in rs])),
+            # every evaluation after the start, all seeds: the level RL holds, less noisy than a single evaluation
+            rl_mean_success=float(np.mean([v for r in rs for _, v in r['curve'][1:]])) if n > 1 else float('nan'),
             steps_to_target=None if any(s is None for s in reach) else float(np.mean(reach)),
             wall_time_s=float(np.mean([r['wall_time_s'] for r in rs])),
             env_steps=int(max(r['curve'][-1][0] for r in rs)),
