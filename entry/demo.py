@@ -225,11 +225,12 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: str) -> str:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = dict(frozen='learned reward (frozen classifier)', oracle="env's success reward", cotrain='co-trained')
+    styles = dict(frozen=dict(marker='o', ls='-', lw=2.5), oracle=dict(marker='s', ls='--', lw=1.5))  # curves may coincide
     for arm, r in runs.items():
         steps, success = zip(*r['curve'])
-        ax.plot(steps, success, marker='o', label=labels.get(arm, arm))
+        ax.plot(steps, success, label=labels.get(arm, arm), **styles.get(arm, dict(marker='^')))
     ax.set(xlabel='env steps', ylabel='eval success rate', ylim=(-0.03, 1.03), title='RLPD on PickCube')
-    ax.legend(loc='upper left')
+    ax.legend(loc='lower right')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
