@@ -9,6 +9,7 @@ positives among the ambiguous frames. Writes ``bench/results/pickcube_clip_fidel
 
     python bench/pickcube_clip_fidelity.py                                     # single, gated single, early fusion
     python bench/pickcube_clip_fidelity.py --variants single,early2u,late2u,early3u --epochs 12
+    python bench/pickcube_clip_fidelity.py --variants single,early2u --image-px 128 --out ..._128px.json
 """
 import argparse
 import json
@@ -45,21 +46,22 @@ def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_e
     return out
 
 
-def evaluate_variant(work: str, name: str, epochs: int) -> Dict[str, Any]:
+def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> Dict[str, Any]:
     from ding_ext.evaluate_reward_model import evaluate_checkpoint
     from dizoo_maniskill import rlpd_recipe as recipe
     from entry.demo import unambiguous_mask
     k, sampling, fusion, gate = VARIANTS[name]
-    save = os.path.join(work, 'models', name)
+    save = os.path.join(work, 'models', name if image_px == 64 else f'{name}_{image_px}px')
     best = os.path.join(save, 'best_model.safetensors')
-    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, still_gate=gate, epochs=epochs)
+    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, still_gate=gate, epochs=epochs,
+                               image_px=image_px)
     if os.path.isfile(best):  # trained by an earlier run: evaluated again, not retrained
         row['trained_by_earlier_run'] = True
     else:
         t = time.time()
         result = recipe.train_classifier(os.path.join(work, 'train'), save, epochs=epochs, clip=dict(
             recipe.CLIP, num_frames=k, frame_sampling=sampling, fusion=fusion),
-            still_keep=recipe.STILL_KEEP if gate else None)
+            still_keep=recipe.STILL_KEEP if gate else None, image_size=[3, image_px, image_px])
         best = result['best_path']
         row['train_seconds'] = round(time.time() - t, 1)
         row['motion_gate'] = result.get('motion_gate')
@@ -83,6 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--variants', default='single,single_still,early2u', help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument('--epochs', type=int, default=8, help="training epochs (a variant whose model is already in "
                    "--work-dir/models/<name> is evaluated again, not retrained)")
+    p.add_argument('--image-px', type=int, default=64,
+                   help="the models' input size (the reward camera renders 128 px; 64 is the RLPD recipe's)")
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))
     p.add_argument('--planner-episodes', type=int, default=28)
     p.add_argument('--expert-episodes', type=int, default=60)
@@ -104,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         args.heldout_expert_episodes),
         variants={})
     for name in names:
-        result['variants'][name] = evaluate_variant(work, name, args.epochs)
+        result['variants'][name] = evaluate_variant(work, name, args.epochs, args.image_px)
         write_json_atomic(args.out, result)
         print(name, json.dumps(result['variants'][name], indent=1), flush=True)
     print(f"wrote {args.out}")

@@ -63,8 +63,10 @@ def record_classifier_data(data_dir: str, planner_episodes: int, expert_episodes
 
 def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,
                      precision_confidence: float = 0.95, clip: Optional[Dict[str, Any]] = STILL,
-                     still_keep: Optional[float] = STILL_KEEP, **options: Any) -> Dict[str, Any]:
-    """The miniature classifier: the reward camera's image at 64 px, cosine schedule, last epoch kept; the stored
+                     still_keep: Optional[float] = STILL_KEEP, image_size: Optional[Sequence[int]] = None,
+                     **options: Any) -> Dict[str, Any]:
+    """The miniature classifier: the reward camera's image at 64 px (``image_size`` [C, H, W] for another input size),
+    cosine schedule, last epoch kept; the stored
     threshold is the lowest whose validation precision reaches ``target_precision`` with ``precision_confidence``.
     ``clip`` (``STILL``, ``CLIP``; None for single frames): the data holds clips of ``reward_frames`` frames; train
     ``resnet_video`` on them. ``still_keep`` (clips only): the still-scene gate, calibrated on the data's success clips
@@ -77,7 +79,7 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
                 precision_confidence=precision_confidence, store_threshold=True)
     opts.update(options)
     model = {'model.arch': RESNET_REWARD['arch'], 'model.hidden_dim': RESNET_REWARD['hidden_dim'],
-             'model.image_size': MODEL_IMAGE_SIZE}
+             'model.image_size': list(image_size or MODEL_IMAGE_SIZE)}
     if clip:
         model.update({'model.type': 'resnet_video', 'model.clip_length': int(clip['reward_frames']),
                       **{f'model.{k}': clip[k] for k in ('num_frames', 'frame_sampling', 'fusion')}})
