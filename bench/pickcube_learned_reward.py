@@ -121,16 +121,17 @@ def per_seed_ratios(runs: List[Dict[str, Any]], arm: str, level: float, within: 
     return dict(seeds=rows, met=sum(row['within'] for row in judged), judged=len(judged), within=within)
 
 
-def plot(runs: List[Dict[str, Any]], path: str, level: float) -> str:
+def plot(runs: List[Dict[str, Any]], summary: Dict[str, Any], path: str, level: float) -> str:
+    """Each run's curve thin, each arm's mean curve (``summary``, from ``summarise``) thick."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     colors = dict(oracle='black', frozen='tab:blue', cotrain='tab:orange')
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:  # each seed thin, the arm's mean curve thick
+    for r in runs:
         steps, success = zip(*r['curve'])
         ax.plot(steps, success, color=colors.get(r['arm']), lw=0.8, alpha=0.35)
-    for arm, row in summarise(runs, level).items():
+    for arm, row in summary.items():
         if isinstance(row, dict) and 'mean_curve' in row:
             steps, success = zip(*row['mean_curve'])
             ax.plot(steps, success, marker='o', lw=2.2, color=colors.get(arm),
@@ -153,9 +154,10 @@ def combine(paths: Sequence[str], out: str, level: float) -> int:
         with open(path, encoding='utf-8') as f:
             parts.append(json.load(f))
     runs = [r for part in parts for r in part['runs']]
-    png = plot(runs, os.path.splitext(os.path.abspath(out))[0] + '.png', level)
+    summary = summarise(runs, level)
+    png = plot(runs, summary, os.path.splitext(os.path.abspath(out))[0] + '.png', level)
     result = dict(parts[0], command=[part['command'] for part in parts], combined_from=[os.path.abspath(p) for p in paths],
-                  summary=summarise(runs, level), runs=runs, plot=png)
+                  summary=summary, runs=runs, plot=png)
     write_json_atomic(out, result)
     print(json.dumps(result['summary'], indent=2))
     print(f"wrote {out} and {png}")
@@ -213,11 +215,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[{arm} seed {seed}] success {r['curve']}  wall {r['wall_time_s']:.0f}s  "
                   f"agreement {r['agreement']}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    png = plot(runs, os.path.splitext(os.path.abspath(args.out))[0] + '.png', args.target)
+    summary = summarise(runs, args.target)
+    png = plot(runs, summary, os.path.splitext(os.path.abspath(args.out))[0] + '.png', args.target)
     result = dict(command=' '.join(['python', 'bench/pickcube_learned_reward.py'] + list(argv or sys.argv[1:])),
                   machine=f"{os.cpu_count()} CPU cores", prepare=prep, target=args.target,
                   demo_episodes=args.demo_episodes, budget_steps=args.budget_steps,
-                  summary=summarise(runs, args.target), runs=runs, plot=png)
+                  summary=summary, runs=runs, plot=png)
     from ding_ext.checkpoint_io import write_json_atomic
     write_json_atomic(args.out, result)
     print(json.dumps(result['summary'], indent=2))

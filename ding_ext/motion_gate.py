@@ -15,7 +15,7 @@ metadata (``still_motion_threshold``), which ``still_motion_threshold='auto'`` o
 import argparse
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,30 +47,40 @@ def calibrate_motion_threshold(data_dir: str, clip_length: int, keep: float = 0.
                                batch_size: int = 512) -> Dict[str, Any]:
     """The motion threshold that keeps ``keep`` of the success clips of ``data_dir`` (success/ and failure/ PNG
     filmstrips), and what it lets through: the fraction of failure clips, and where the sidecar says whether the
-    robot was static, the fraction of moving failure clips."""
+    robot was static, the fraction of moving failure clips (per phase where it names them)."""
+    return calibrate_motion_thresholds(data_dir, clip_length, [keep], batch_size)[0]
+
+
+def calibrate_motion_thresholds(data_dir: str, clip_length: int, keeps: Sequence[float],
+                                batch_size: int = 512) -> List[Dict[str, Any]]:
+    """``calibrate_motion_threshold`` for each of ``keeps`` (a sweep), the clips read and their motion measured once."""
     from .image_folder_dataset import scan_image_folder
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must lie in (0, 1], got {keep}")
+    for keep in keeps:
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep must lie in (0, 1], got {keep}")
     scan = scan_image_folder(data_dir, cache=True)
     motion = torch.cat([last_frame_motion(scan.images[i:i + batch_size], clip_length)
                         for i in range(0, len(scan.images), batch_size)]).numpy()
     labels = np.asarray(scan.labels, dtype=bool)
     if not labels.any():
         raise ValueError(f"{data_dir} has no success clips to calibrate the motion threshold on")
-    threshold = float(np.quantile(motion[labels], keep))
-    out: Dict[str, Any] = dict(threshold=threshold, keep=float(keep), data=os.path.abspath(data_dir),
-                               success_clips=int(labels.sum()), failure_clips=int((~labels).sum()),
-                               success_kept=float(np.mean(motion[labels] <= threshold)),
-                               failure_passed=float(np.mean(motion[~labels] <= threshold)) if (~labels).any() else None)
-    static = [f.get('is_robot_static') if f else None for f in scan.frames]
-    moving = np.asarray([s is False for s in static]) & ~labels
-    if moving.any():
-        out.update(moving_failure_clips=int(moving.sum()), moving_failure_passed=float(np.mean(motion[moving] <= threshold)))
+    moving = np.asarray([bool(f) and f.get('is_robot_static') is False for f in scan.frames]) & ~labels
     phases = np.asarray([str(f.get('phase')) if f and f.get('phase') else '' for f in scan.frames])
-    if (phases[~labels] != '').any():  # the sidecar names each frame's phase (e.g. PickCube's at_goal_moving)
-        out['failure_passed_by_phase'] = {
-            ph: float(np.mean(motion[~labels & (phases == ph)] <= threshold))
-            for ph in sorted(set(phases[~labels].tolist()) - {''})}
+    failure_phases = sorted(set(phases[~labels].tolist()) - {''})  # the sidecar's phases (e.g. PickCube's at_goal_moving)
+    out = []
+    for keep in keeps:
+        threshold = float(np.quantile(motion[labels], keep))
+        passed = motion <= threshold
+        row: Dict[str, Any] = dict(threshold=threshold, keep=float(keep), data=os.path.abspath(data_dir),
+                                   success_clips=int(labels.sum()), failure_clips=int((~labels).sum()),
+                                   success_kept=float(np.mean(passed[labels])),
+                                   failure_passed=float(np.mean(passed[~labels])) if (~labels).any() else None)
+        if moving.any():
+            row.update(moving_failure_clips=int(moving.sum()), moving_failure_passed=float(np.mean(passed[moving])))
+        if failure_phases:
+            row['failure_passed_by_phase'] = {ph: float(np.mean(passed[~labels & (phases == ph)]))
+                                              for ph in failure_phases}
+        out.append(row)
     return out
 
 
@@ -125,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--store needs --checkpoint")
     if args.store and len(args.keep) > 1:
         p.error("--store takes one --keep value")
-    calibs = [calibrate_motion_threshold(args.data, int(clip_length), keep) for keep in args.keep]
+    calibs = calibrate_motion_thresholds(args.data, int(clip_length), args.keep)
     if args.store:
         calibs[0]['stored'] = store_motion_threshold(args.checkpoint, calibs[0])
     print(json.dumps(calibs[0] if len(calibs) == 1 else calibs, indent=2))
