@@ -4,8 +4,9 @@ Records planner and expert episodes (the RLPD recipe's classifier seeds) with th
 ``reward_frames`` frames (``rlpd_recipe.CLIP``), and held-out episodes of unseen seeds the same way. Every variant
 trains ``resnet_video`` on the SAME clips; the single-frame variant looks at the last frame only (num_frames 1), so the
 comparison isolates what the earlier frame adds. Reports precision and recall on ALL held-out frames (the ambiguous
-"cube at the goal, arm still moving" ones included) at the validation-calibrated threshold and at 0.5, and the false
-positives among the ambiguous frames. Writes ``bench/results/pickcube_clip_fidelity.json``.
+"cube at the goal, arm still moving" ones included) at the validation-calibrated threshold and at 0.5, the false
+positives among the ambiguous frames, and the confusion counts of the frames with the cube at the goal and the arm
+near the static threshold (``STATIC_BAND``; where the held-out sidecar has ``arm_speed``). Writes ``bench/results/pickcube_clip_fidelity.json``.
 
     python bench/pickcube_clip_fidelity.py                                     # single, gated single, early fusion
     python bench/pickcube_clip_fidelity.py --variants single,early2u,late2u,early3u --epochs 12
@@ -18,6 +19,8 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -25,8 +28,19 @@ if ROOT not in sys.path:
 # name: (num_frames, frame_sampling, fusion, still-scene gate); single_still is the RLPD recipe's reward (rlpd_recipe.STILL)
 VARIANTS = dict(single=(1, 'last', 'early', False), single_still=(1, 'last', 'early', True),
                 early2u=(2, 'uniform', 'early', False), early2last=(2, 'last', 'early', False),
-                early3u=(3, 'uniform', 'early', False), late2u=(2, 'uniform', 'late', False))
+                early3u=(3, 'uniform', 'early', False), late2u=(2, 'uniform', 'late', False),
+                motion2last=(2, 'last', 'motion', False), motion3last=(3, 'last', 'motion', False))
 HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED = 400000, 200000
+# the cube at the goal and the arm's largest joint speed within this band (rad/s) around PickCube's static threshold
+# (0.2): the frames where "static" turns on less than a pixel of motion per frame
+STATIC_BAND = (0.1, 0.4)
+
+
+def static_band_mask(frames: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """Frames with the cube at the goal and the arm speed (the sidecar's ``arm_speed``) inside ``STATIC_BAND``."""
+    lo, hi = STATIC_BAND
+    return np.asarray([bool(f.get('is_obj_placed')) and lo <= f.get('arm_speed', -1.0) <= hi for f in frames],
+                      dtype=bool)
 
 
 def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int) -> Dict[str, Any]:
@@ -68,7 +82,8 @@ def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> D
     for label, threshold in (('calibrated', None), ('0.5', 0.5)):
         rep = evaluate_checkpoint(best, os.path.join(work, 'heldout'), os.path.join(save, f'heldout_{label}'),
                                   threshold=threshold, target_precision=0.9,
-                                  subsets=lambda frames: {'unambiguous': unambiguous_mask(frames)})
+                                  subsets=lambda frames: {'unambiguous': unambiguous_mask(frames),
+                                                          'static_band': static_band_mask(frames)})
         phases = rep['breakdowns'].get('phase', {})
         moving = phases.get('at_goal_moving', {}).get('at_threshold', {})
         row[label] = dict(threshold=rep['threshold'], average_precision=rep['average_precision'],
@@ -76,6 +91,8 @@ def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> D
                           all={m: rep['at_threshold'][m] for m in ('precision', 'recall', 'tp', 'fp', 'fn')},
                           unambiguous={m: rep['subsets']['unambiguous']['at_threshold'][m]
                                        for m in ('precision', 'recall')},
+                          static_band={m: rep['subsets']['static_band']['at_threshold'][m]
+                                       for m in ('tp', 'fp', 'fn', 'tn')},
                           at_goal_moving_false_positives=f"{moving.get('fp', 0)} of {phases.get('at_goal_moving', {}).get('num_images', 0)}")
     return row
 

@@ -174,7 +174,8 @@ class ResNetVideoRewardModel(BaseVideoRewardModel, ResNetRewardModel):
         **BaseVideoRewardModel.video_config,
         type='resnet_video',
         # (str) early: the frames stacked on the first convolution's channels (sees pixel-level motion); late: one
-        # shared trunk per frame, the head sees all frames' features.
+        # shared trunk per frame, the head sees all frames' features; motion: the first convolution sees the last
+        # frame and the scaled differences between consecutive frames (sub-pixel motion made explicit).
         fusion='early',
     )
 

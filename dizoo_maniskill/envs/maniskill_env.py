@@ -321,7 +321,8 @@ class ManiSkillEnv(ConfiguredEnv):
         """Facts behind the env's success label for the current state, for the dataset sidecar.
 
         The boolean flags of ManiSkill's ``evaluate()`` (PickCube: ``is_obj_placed``, ``is_robot_static``,
-        ``is_grasped``); for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
+        ``is_grasped``); ``arm_speed``, the largest arm joint speed (rad/s) that ``is_robot_static`` thresholds
+        (PickCube: 0.2); for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
         and a ``phase``: at_goal_static (success) | at_goal_moving (cube at the goal, arm moving: a
         single frame cannot tell) | near_goal (within 5 cm) | transport (grasped) | approach."""
         facts: Dict[str, Any] = {}
@@ -331,6 +332,11 @@ class ManiSkillEnv(ConfiguredEnv):
                 if isinstance(v, (bool, np.bool_)):
                     facts[key] = bool(v)
         base = self._env.unwrapped
+        robot = getattr(getattr(base, 'agent', None), 'robot', None)
+        if robot is not None and hasattr(base.agent, 'is_static'):
+            # what ManiSkill's is_static(threshold) compares: the largest arm joint speed (rad/s; fingers excluded)
+            qvel = robot.get_qvel().reshape(-1).cpu().numpy()[:-2]
+            facts['arm_speed'] = float(np.abs(qvel).max()) if qvel.size else 0.0  # unrounded: compared with 0.2
         if hasattr(base, 'cube') and hasattr(base, 'goal_site'):
             dist = float(np.linalg.norm((base.goal_site.pose.p - base.cube.pose.p).reshape(-1).cpu().numpy()))
             facts['cube_goal_dist'] = round(dist, 5)

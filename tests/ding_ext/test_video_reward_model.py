@@ -70,7 +70,7 @@ def test_filmstrip_round_trip_and_width_error():
 
 
 def test_clip_layouts_agree_and_bad_config_is_named():
-    for fusion in ('early', 'late'):
+    for fusion in ('early', 'late', 'motion'):
         m = make_video_model(clip_length=3, num_frames=2, fusion=fusion)
         clips = np.random.default_rng(0).integers(0, 255, (4, 3, 32, 32, 3), np.uint8)
         strips = np.concatenate(list(clips.transpose(1, 0, 2, 3, 4)), axis=2)  # [B, H, 3W, C]
@@ -121,6 +121,30 @@ def test_a_second_frame_detects_motion_a_single_frame_cannot():
         accuracy[frames] = float((pred == test_y).mean())
     assert accuracy[2] >= 0.9, accuracy
     assert accuracy[1] <= 0.7, accuracy  # the last frame alone carries no label information
+
+
+def test_motion_fusion_sees_a_one_pixel_move_and_scores_a_still_clip_as_its_last_frame():
+    """'motion' fusion: the first convolution sees the last frame and the frame differences. A still clip scores
+    as the single-frame network with the same filters scores its last frame; a one-pixel move is learnt."""
+    from ding_ext.networks import ResNetClassifier
+    torch.manual_seed(0)
+    net = ResNetClassifier(hidden_dim=None, frames=3, fusion='motion').eval()
+    single = ResNetClassifier(hidden_dim=None, frames=1).eval()
+    single.load_state_dict({k: v[:, :3] if k == 'backbone.conv1.weight' else v for k, v in net.state_dict().items()})
+    frame = torch.randn(2, 3, 32, 32)
+    still = torch.cat([frame] * 3, dim=1)
+    moved = torch.cat([frame, frame, torch.roll(frame, 1, dims=-1)], dim=1)
+    assert torch.allclose(net(still), single(frame), atol=1e-5)
+    assert not torch.allclose(net(moved), single(torch.roll(frame, 1, dims=-1)), atol=1e-3)
+    train_x, train_y = _motion_clips(256, seed=1, shift=1)
+    test_x, test_y = _motion_clips(128, seed=2, shift=1)
+    m = make_video_model(num_frames=2, frame_sampling='last', fusion='motion', image_size=[3, 24, 24],
+                         learning_rate=1e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        idx = rng.integers(0, len(train_x), 32)
+        m.train_step(train_x[idx], torch.as_tensor(train_y[idx], dtype=torch.float32))
+    assert float(((m.predict_proba(test_x) > 0.5).numpy() == test_y).mean()) >= 0.9
 
 
 def test_checkpoint_round_trip_through_the_evaluator(tmp_path):
