@@ -11,6 +11,8 @@ near the static threshold (``STATIC_BAND``; where the held-out sidecar has ``arm
     python bench/pickcube_clip_fidelity.py                                     # single, gated single, early fusion
     python bench/pickcube_clip_fidelity.py --variants single,early2u,late2u,early3u --epochs 12
     python bench/pickcube_clip_fidelity.py --variants single,early2u --image-px 128 --out ..._128px.json
+    python bench/pickcube_clip_fidelity.py --variants early2last --image-px 128 --boundary-expert-episodes 120 \
+        --work-dir bench/work/clip_fidelity_boundary --out ..._boundary.json
 """
 import argparse
 import json
@@ -31,6 +33,10 @@ VARIANTS = dict(single=(1, 'last', 'early', False), single_still=(1, 'last', 'ea
                 early3u=(3, 'uniform', 'early', False), late2u=(2, 'uniform', 'late', False),
                 motion2last=(2, 'last', 'motion', False), motion3last=(3, 'last', 'motion', False))
 HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED = 400000, 200000
+# --boundary-expert-episodes: expert episodes whose holds sit on both sides of the 2.5 cm tolerance (training only;
+# the held-out episodes stay the recipe's)
+BOUNDARY_EXPERT_SEED = 600000
+BOUNDARY_HOLDS = dict(settle_offset_range=(0.0, 0.025), offset_range=(0.025, 0.06))
 # the cube at the goal and the arm's largest joint speed within this band (rad/s) around PickCube's static threshold
 # (0.2): the frames where "static" turns on less than a pixel of motion per frame
 STATIC_BAND = (0.1, 0.4)
@@ -43,13 +49,18 @@ def static_band_mask(frames: Sequence[Dict[str, Any]]) -> np.ndarray:
                       dtype=bool)
 
 
-def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int) -> Dict[str, Any]:
+def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int,
+           boundary_expert: int = 0) -> Dict[str, Any]:
     from dizoo_maniskill import rlpd_recipe as recipe
     from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes
     clip = recipe.CLIP
     env_cfg = recipe.env_config(reward_frames=clip['reward_frames'], reward_frame_stride=clip['reward_frame_stride'])
     t = time.time()
     out = dict(train=recipe.record_classifier_data(os.path.join(work, 'train'), planner, expert, env_cfg))
+    if boundary_expert:
+        out['train']['boundary_expert'] = record_expert_episodes(
+            os.path.join(work, 'train'), range(BOUNDARY_EXPERT_SEED, BOUNDARY_EXPERT_SEED + boundary_expert), env_cfg,
+            workers=2, progress=False, **BOUNDARY_HOLDS)
     held = os.path.join(work, 'heldout')
     out['heldout'] = dict(
         expert=record_expert_episodes(held, range(HELDOUT_EXPERT_SEED, HELDOUT_EXPERT_SEED + heldout_expert), env_cfg,
@@ -107,6 +118,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))
     p.add_argument('--planner-episodes', type=int, default=28)
     p.add_argument('--expert-episodes', type=int, default=60)
+    p.add_argument('--boundary-expert-episodes', type=int, default=0,
+                   help=f"extra training episodes of the expert holding the cube on both sides of the goal's 2.5 cm "
+                        f"tolerance ({BOUNDARY_HOLDS})")
     p.add_argument('--heldout-planner-episodes', type=int, default=10)
     p.add_argument('--heldout-expert-episodes', type=int, default=16)
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'pickcube_clip_fidelity.json'))
@@ -122,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command=' '.join(['python', 'bench/pickcube_clip_fidelity.py'] + list(argv or sys.argv[1:])),
         machine=f"{os.cpu_count()} CPU cores", clip=CLIP,
         recorded=record(work, args.planner_episodes, args.expert_episodes, args.heldout_planner_episodes,
-                        args.heldout_expert_episodes),
+                        args.heldout_expert_episodes, args.boundary_expert_episodes),
         variants={})
     for name in names:
         result['variants'][name] = evaluate_variant(work, name, args.epochs, args.image_px)

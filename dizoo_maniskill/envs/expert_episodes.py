@@ -14,6 +14,8 @@ static nor distinguishable from a still one in a single frame):
 3. carry it ``offset`` metres away (drawn in ``offset_range``, the near misses just outside the 2.5 cm tolerance
    included) and hold it there: the robot static with the cube lifted, but not at the goal.
 
+(With ``settle_offset_range``, step 2 first carries the cube to a point inside the tolerance, see below.)
+
 Every frame is labelled by the env's success flag, with the facts behind it (``ManiSkillEnv.label_facts``), an
 episode id and its step; every ``frame_stride``-th step is kept, and every step within 5 cm of the goal.
 """
@@ -46,9 +48,14 @@ def _offset_goal(goal: np.ndarray, dist: float, rng: np.random.Generator) -> np.
 def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, wander_points: int = 2,
                           wander_steps: int = 8, max_reach_steps: int = 50,
                           hold_steps: int = 8, offset_range: Tuple[float, float] = (0.03, 0.1),
-                          move_steps: int = 12, away_hold_steps: int = 8, noise_range: Tuple[float, float] = (0.0, 0.3)
-                          ) -> Optional[List[Dict]]:
+                          move_steps: int = 12, away_hold_steps: int = 8, noise_range: Tuple[float, float] = (0.0, 0.3),
+                          settle_offset_range: Optional[Tuple[float, float]] = None) -> Optional[List[Dict]]:
     """Frames of one expert episode from the initial state of ``seed`` (None when the cube never reaches the goal).
+
+    ``settle_offset_range`` (m): once the cube is at the goal, carry it to a point drawn at that distance from the
+    goal before the hold (stage ``settle``), so that the holds cover the whole 2.5 cm tolerance instead of where the
+    cube first crossed into it, and the arm stops at the goal once more (the frames where the static flag turns on).
+    With ``offset_range`` starting just outside 2.5 cm, both sides of the boundary are held.
 
     Each frame: ``image``, ``success`` (the env's flag), ``frame_info`` (episode_id, step, expert_stage, label facts),
     ``source`` ('expert')."""
@@ -97,6 +104,12 @@ def record_expert_episode(env: ManiSkillEnv, seed: int, frame_stride: int = 2, w
     for _ in range(max_reach_steps):
         if step(pickcube_expert_action(base), 'reach_goal').get('is_obj_placed'):
             break
+    if settle_offset_range is not None:
+        inside = _offset_goal(goal, float(rng.uniform(*settle_offset_range)), rng)
+        for _ in range(move_steps):
+            step(pickcube_expert_action(base, goal=inside), 'settle')
+            if np.linalg.norm(_position(base.agent.tcp.pose) - inside) < 0.003:
+                break
     hold(hold_steps, 'hold_at_goal')
     if not state['reached']:
         return None

@@ -322,7 +322,8 @@ class ManiSkillEnv(ConfiguredEnv):
 
         The boolean flags of ManiSkill's ``evaluate()`` (PickCube: ``is_obj_placed``, ``is_robot_static``,
         ``is_grasped``); ``arm_speed``, the largest arm joint speed (rad/s) that ``is_robot_static`` thresholds
-        (PickCube: 0.2); for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
+        (PickCube: 0.2), and ``arm_qpos``, the arm's joint positions (rad; what an ideal observer of the frames could
+        know); for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
         and a ``phase``: at_goal_static (success) | at_goal_moving (cube at the goal, arm moving: a
         single frame cannot tell) | near_goal (within 5 cm) | transport (grasped) | approach."""
         facts: Dict[str, Any] = {}
@@ -337,6 +338,7 @@ class ManiSkillEnv(ConfiguredEnv):
             # what ManiSkill's is_static(threshold) compares: the largest arm joint speed (rad/s; fingers excluded)
             qvel = robot.get_qvel().reshape(-1).cpu().numpy()[:-2]
             facts['arm_speed'] = float(np.abs(qvel).max()) if qvel.size else 0.0  # unrounded: compared with 0.2
+            facts['arm_qpos'] = [round(float(q), 6) for q in robot.get_qpos().reshape(-1).cpu().numpy()[:-2]]
         if hasattr(base, 'cube') and hasattr(base, 'goal_site'):
             dist = float(np.linalg.norm((base.goal_site.pose.p - base.cube.pose.p).reshape(-1).cpu().numpy()))
             facts['cube_goal_dist'] = round(dist, 5)

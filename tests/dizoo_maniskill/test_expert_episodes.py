@@ -23,6 +23,7 @@ def test_expert_frames_cover_success_and_the_hard_negatives_around_it(dataset):
     assert len(scan.frames) == len(scan.files) == counts['success'] + counts['failure']
     assert {f['episode_id'] for f in scan.frames} == {'expert-s1', 'expert-s2'}
     assert {'wander', 'reach_goal', 'hold_at_goal', 'hold_away'} <= {f['expert_stage'] for f in scan.frames}
+    assert 'settle' not in {f['expert_stage'] for f in scan.frames}  # only with settle_offset_range
     for f, label in zip(scan.frames, scan.labels):
         assert f['source'] == 'expert' and f['label'] == label
         if label:  # the env's success: cube within 2.5 cm of the goal, robot static
@@ -64,3 +65,21 @@ def test_cli_records_expert_episodes_for_an_rl_config(tmp_path):
     assert {f['episode_id'] for f in scan.frames} == {'expert-s1'} and scan.labels.sum() > 0
     meta = json.load(open(os.path.join(root, 'metadata.json')))
     assert meta['control_mode'] == 'pd_ee_delta_pos' and meta['env_image_size'] == [3, 128, 128]
+
+
+def test_settled_holds_sit_where_drawn_near_the_tolerance_boundary():
+    """settle_offset_range: the cube is carried to a point that far from the goal before the hold, so holds cover
+    the 2.5 cm boundary (labelled by the env either way), and the arm comes to rest at the goal once more."""
+    env = ManiSkillEnv(dict(ENV, reward_render_mode='none'))
+    try:
+        frames = record_expert_episode(env, 3, frame_stride=3, settle_offset_range=(0.015, 0.022),
+                                       offset_range=(0.027, 0.032))
+    finally:
+        env.close()
+    stages = [f['frame_info']['expert_stage'] for f in frames]
+    assert 'settle' in stages and stages.index('settle') < stages.index('hold_at_goal')
+    held = [f['frame_info'] for f in frames if f['frame_info']['expert_stage'] == 'hold_at_goal']
+    assert all(0.012 <= f['cube_goal_dist'] <= 0.032 for f in held), [f['cube_goal_dist'] for f in held]
+    assert held[-1]['arm_speed'] < 0.2 and held[-1]['is_robot_static']
+    settle = [f['frame_info'] for f in frames if f['frame_info']['expert_stage'] == 'settle']
+    assert max(f['arm_speed'] for f in settle) > held[-1]['arm_speed']  # it moved, then came to rest

@@ -40,7 +40,7 @@ def test_frames_are_labelled_by_the_env_with_the_facts_behind_the_label(dataset)
         else:
             assert f['phase'] != 'at_goal_static'
         # the arm speed behind is_robot_static (ManiSkill's is_static(0.2): largest arm joint speed, rad/s)
-        assert f['is_robot_static'] == (f['arm_speed'] <= 0.2)
+        assert f['is_robot_static'] == (f['arm_speed'] <= 0.2) and len(f['arm_qpos']) == 7  # Panda's arm joints
     assert max(f['arm_speed'] for f in scan.frames) > 0.2  # the arm moved between the recorded frames
     # carried away and held still, cube in the gripper: the hard negative a "cube lifted" classifier misses
     away = [f for f in scan.frames if f['planner_stage'] == 'hold_away']
