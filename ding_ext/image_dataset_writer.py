@@ -172,7 +172,10 @@ def _open_sidecar(path: str):
 
 
 def _json_value(v: Any) -> Any:
-    """numpy / torch scalars as plain python values for the sidecar."""
-    if hasattr(v, "item") and getattr(v, "size", 1) == 1:
-        return v.item()
+    """numpy / torch scalars and arrays (DI-engine's env manager turns the info's lists into tensors) as plain
+    python values and lists for the sidecar."""
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if hasattr(v, "tolist"):
+        return v.tolist()
     return v

@@ -37,6 +37,18 @@ def test_writer_sampling_targets_and_numbering(tmp_path):
     assert json.load(open(tmp_path / 'metadata.json')) == {'control_mode': 'a'}
 
 
+def test_sidecar_rows_take_the_tensors_and_arrays_an_env_manager_hands_over(tmp_path):
+    import torch
+    w = LabelledImageWriter(str(tmp_path), target_success=5, target_failure=5, progress=False)
+    w.add(frames(1, 100)[0], True, frame_info=dict(episode_id='e', step=torch.tensor(3), arm_speed=torch.tensor(0.5),
+                                                  arm_qpos=torch.tensor([0.25, -1.0]), dist=np.float32(0.5),
+                                                  flags=[np.bool_(True), torch.tensor(2)]))
+    w.close()
+    row = json.loads(open(tmp_path / 'frames.jsonl').readline())
+    assert (row['step'], row['arm_speed'], row['arm_qpos'], row['dist'], row['flags']) == (3, 0.5, [0.25, -1.0], 0.5,
+                                                                                          [True, 2])
+
+
 def test_writer_resumes_past_9999_and_never_overwrites(tmp_path):
     w = LabelledImageWriter(str(tmp_path), 10, 10, 1.0, 1.0, metadata={'control_mode': 'a'}, progress=False)
     w.add(frames(1, 50)[0], False)
@@ -96,6 +108,7 @@ def test_collection_during_ppo_training_and_restart(tmp_path, monkeypatch):
         assert f['step'] == 10 and f['episode_id'].startswith('s')  # episode-end frames
         assert f['cube_goal_dist'] > 0.025 and f['phase'] != 'at_goal_static'
         assert {'is_grasped', 'is_robot_static', 'is_obj_placed'} <= set(f)
+        assert len(f['arm_qpos']) == 7 and isinstance(f['arm_speed'], float)  # lists and numbers, whatever the info held
     assert len({f['episode_id'] for f in rows.values()}) == n_fail
     # success frames: a real motion-planned episode, rendered with the same camera settings; only the final
     # frames (stride larger than the episode, no hold, no carry-away) to keep the test short
