@@ -91,14 +91,14 @@ class ResNetClassifier(nn.Module):
         return self.head[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (unflatten / flatten, not reshapes built from x.shape: the int8 path traces this with torch.fx)
         if self.frames > 1 and self.fusion == "motion":
-            clips = x.reshape(x.shape[0], self.frames, x.shape[1] // self.frames, *x.shape[2:])
+            clips = x.unflatten(1, (self.frames, -1))  # [B, T, C, H, W]
             motion = (clips[:, 1:] - clips[:, :-1]).flatten(1, 2) * MOTION_GAIN  # oldest difference first
             x = torch.cat([clips[:, -1], motion], dim=1)
         if self.frames > 1 and self.fusion == "late":
-            b = x.shape[0]
-            feats = self.backbone(x.reshape(b * self.frames, x.shape[1] // self.frames, *x.shape[2:]))
-            return self.head(feats.reshape(b, -1)).squeeze(-1)
+            feats = self.backbone(x.unflatten(1, (self.frames, -1)).flatten(0, 1))  # [B * T, C, H, W]
+            return self.head(feats.unflatten(0, (-1, self.frames)).flatten(1)).squeeze(-1)
         return self.head(self.backbone(x)).squeeze(-1)
 
 

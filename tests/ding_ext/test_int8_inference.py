@@ -95,3 +95,16 @@ def test_bad_int8_settings_are_named(tmp_path):
     from ding_ext.precision import resolve_precision
     with pytest.raises(ValueError, match="scores on the CPU"):
         resolve_precision('int8', torch.device('cuda'))
+
+
+@pytest.mark.parametrize('fusion', ['early', 'late', 'motion'])
+def test_clip_networks_of_every_fusion_quantise(fusion):
+    """The int8 path traces the network with torch.fx: every clip fusion must trace, and score close to fp32."""
+    from ding_ext.int8_inference import quantize_network
+    from ding_ext.networks import ResNetClassifier
+    torch.manual_seed(0)
+    net = ResNetClassifier(hidden_dim=32, frames=2, fusion=fusion).eval()
+    q = quantize_network(net, torch.randn(8, 6, 48, 48))
+    x = torch.randn(4, 6, 48, 48)
+    with torch.no_grad():
+        assert (torch.sigmoid(q(x)) - torch.sigmoid(net(x))).abs().max() < 0.05
