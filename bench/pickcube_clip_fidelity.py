@@ -34,7 +34,6 @@ VARIANTS = dict(single=(1, 'last', 'early', False), single_still=(1, 'last', 'ea
                 early2u=(2, 'uniform', 'early', False), early2last=(2, 'last', 'early', False),
                 early3u=(3, 'uniform', 'early', False), late2u=(2, 'uniform', 'late', False),
                 motion2last=(2, 'last', 'motion', False), motion3last=(3, 'last', 'motion', False))
-HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED = 400000, 200000
 # --boundary-expert-episodes: expert episodes whose holds sit on both sides of the 2.5 cm tolerance (training only;
 # the held-out episodes stay the recipe's)
 BOUNDARY_EXPERT_SEED = 600000
@@ -51,10 +50,22 @@ def static_band_mask(frames: Sequence[Dict[str, Any]]) -> np.ndarray:
                       dtype=bool)
 
 
+def record_heldout_episodes(held: str, env_cfg: Dict[str, Any], planner: int, expert: int) -> Dict[str, Any]:
+    """Expert and planner episodes of unseen seeds (``make demo``'s held-out seeds) into ``held`` (resumed);
+    counts per source."""
+    from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes
+    from entry.demo import HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED
+    return dict(
+        expert=record_expert_episodes(held, range(HELDOUT_EXPERT_SEED, HELDOUT_EXPERT_SEED + expert), env_cfg,
+                                      workers=2, progress=False),
+        planner=record_planner_episodes(held, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + planner), env_cfg,
+                                        workers=2, progress=False))
+
+
 def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int,
            boundary_expert: int = 0) -> Dict[str, Any]:
     from dizoo_maniskill import rlpd_recipe as recipe
-    from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes
+    from dizoo_maniskill.record_planner_episodes import record_expert_episodes
     clip = recipe.CLIP
     env_cfg = recipe.env_config(reward_frames=clip['reward_frames'], reward_frame_stride=clip['reward_frame_stride'])
     t = time.time()
@@ -63,12 +74,7 @@ def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_e
         out['train']['boundary_expert'] = record_expert_episodes(
             os.path.join(work, 'train'), range(BOUNDARY_EXPERT_SEED, BOUNDARY_EXPERT_SEED + boundary_expert), env_cfg,
             workers=2, progress=False, **BOUNDARY_HOLDS)
-    held = os.path.join(work, 'heldout')
-    out['heldout'] = dict(
-        expert=record_expert_episodes(held, range(HELDOUT_EXPERT_SEED, HELDOUT_EXPERT_SEED + heldout_expert), env_cfg,
-                                      workers=2, progress=False),
-        planner=record_planner_episodes(held, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + heldout_planner),
-                                        env_cfg, workers=2, progress=False))
+    out['heldout'] = record_heldout_episodes(os.path.join(work, 'heldout'), env_cfg, heldout_planner, heldout_expert)
     out['seconds'] = round(time.time() - t, 1)
     return out
 

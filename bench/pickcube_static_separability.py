@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +29,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-HELDOUT_EXPERT_SEED, HELDOUT_PLANNER_SEED = 400000, 200000  # the clip-fidelity bench's held-out episodes
 SPEED_BANDS = (0.2, 0.25, 0.3, 0.4, 0.6, 1.0, np.inf)
 
 
@@ -54,34 +53,27 @@ def as_reward_quality(split: Dict[str, Any], n_success: int) -> Dict[str, float]
 
 def analyse(data_dir: str) -> Dict[str, Any]:
     from ding_ext.image_folder_dataset import scan_image_folder
-    from ding_ext.video_frames import split_filmstrip
-    from PIL import Image
-    import torch
-    scan = scan_image_folder(data_dir)
+    from ding_ext.motion_gate import last_frame_motion
+    scan = scan_image_folder(data_dir, cache=True)
     frames = scan.frames
     qpos = {(f['episode_id'], f['step']): np.asarray(f['arm_qpos']) for f in frames if 'arm_qpos' in f}
-    rows: List[Dict[str, Any]] = []
-    for f, path in zip(frames, scan.files):
-        if not f.get('is_obj_placed'):
-            continue
-        before = qpos.get((f['episode_id'], f['step'] - 1))
-        if before is None:  # the step before was not recorded (it was more than 5 cm from the goal)
-            continue
-        clip = torch.as_tensor(np.asarray(Image.open(path))).permute(2, 0, 1)[None]
-        last2 = split_filmstrip(clip, 2)[0].float() / 255.0
-        rows.append(dict(success=bool(f['label']), arm_speed=float(f['arm_speed']), source=f.get('source'),
-                         joint_step=float(np.abs(qpos[(f['episode_id'], f['step'])] - before).max()),
-                         pixel_motion=float((last2[1] - last2[0]).abs().mean())))
-    success = np.array([r['success'] for r in rows])
+    # the frames with the cube at the goal whose step before was recorded too (it is unless that step was more than
+    # 5 cm from the goal)
+    kept = [i for i, f in enumerate(frames)
+            if f.get('is_obj_placed') and (f['episode_id'], f['step'] - 1) in qpos]
+    success = np.array([bool(frames[i]['label']) for i in kept])
+    judges = dict(
+        joint_step=np.array([np.abs(qpos[(frames[i]['episode_id'], frames[i]['step'])]
+                                    - qpos[(frames[i]['episode_id'], frames[i]['step'] - 1)]).max() for i in kept]),
+        pixel_motion=last_frame_motion(scan.images[kept], 2).numpy())  # the still-scene gate's measure
     n_success = int(success.sum())
-    out: Dict[str, Any] = dict(placed_frames=len(rows), success=n_success, moving=int((~success).sum()))
-    for name in ('joint_step', 'pixel_motion'):
-        split = best_split(np.array([r[name] for r in rows]), success)
+    out: Dict[str, Any] = dict(placed_frames=len(kept), success=n_success, moving=int((~success).sum()))
+    for name, values in judges.items():
+        split = best_split(values, success)
         out[name] = dict(split, **as_reward_quality(split, n_success))
-    speeds = np.array([r['arm_speed'] for r in rows if not r['success']])
-    edges = (0.0,) + SPEED_BANDS
+    speeds = np.array([frames[i]['arm_speed'] for i in kept])[~success]
     out['moving_arm_speeds'] = {f"{lo}-{hi}": int(((speeds > lo) & (speeds <= hi)).sum())
-                                for lo, hi in zip(edges[1:-1], edges[2:])}
+                                for lo, hi in zip(SPEED_BANDS[:-1], SPEED_BANDS[1:])}
     return out
 
 
@@ -93,15 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'pickcube_static_separability.json'))
     args = p.parse_args(argv)
     from ding_ext.checkpoint_io import write_json_atomic
+    from bench.pickcube_clip_fidelity import record_heldout_episodes
     from dizoo_maniskill import rlpd_recipe as recipe
-    from dizoo_maniskill.record_planner_episodes import record_expert_episodes, record_planner_episodes
     env_cfg = recipe.env_config(reward_frames=2, reward_frame_stride=1)
     data = os.path.abspath(args.work_dir)
     t = time.time()
-    record_expert_episodes(data, range(HELDOUT_EXPERT_SEED, HELDOUT_EXPERT_SEED + args.expert_episodes), env_cfg,
-                           workers=2, progress=False)
-    record_planner_episodes(data, range(HELDOUT_PLANNER_SEED, HELDOUT_PLANNER_SEED + args.planner_episodes), env_cfg,
-                            workers=2, progress=False)
+    record_heldout_episodes(data, env_cfg, args.planner_episodes, args.expert_episodes)
     result = dict(command=' '.join(['python', 'bench/pickcube_static_separability.py'] + list(argv or sys.argv[1:])),
                   record_seconds=round(time.time() - t, 1), image_size=env_cfg.get('image_size'), **analyse(data))
     write_json_atomic(args.out, result)
