@@ -94,13 +94,15 @@ def throughput(fn, n_images: int, seconds: float, warmup: int, device: torch.dev
     return compare({'fn': fn}, n_images, seconds, warmup, device, repeats)['fn']
 
 
-def ours_model(size: int, precision: str, device: torch.device, channels_last, compile_: bool):
-    """A frozen model (as in RL: loaded from a checkpoint, cooptrain_reward off; compile freezes its weights)."""
+def ours_model(size: int, precision: str, device: torch.device, channels_last, compile_: bool, **overrides):
+    """A frozen model (as in RL: loaded from a checkpoint, cooptrain_reward off; compile freezes its weights);
+    ``overrides``: further config keys (compile_mode, pinned_upload, inference_batch_size)."""
     cfg = dict(type='resnet', arch='resnet18', hidden_dim=256, pretrained=False, image_size=[3, size, size],
                precision=precision, reward_mode='per_step', inference_batch_size=256, channels_last=channels_last,
                compile=compile_, score_once=False)
+    cfg.update(overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        init = ResNetRewardModel(dict(cfg, precision='fp32'), device='cpu')
+        init = ResNetRewardModel(dict(cfg, precision='fp32', pinned_upload='auto'), device='cpu')
         ckpt = init.save(os.path.join(tmp, 'random_init.safetensors'))
         frozen = dict(cfg, checkpoint_path=ckpt, cooptrain_reward=False)
         if precision == 'int8':  # calibrated on random images; speed only: the agreement check is waived

@@ -109,10 +109,11 @@ def to_nchw(images: ImageBatch, channels: int = 3) -> torch.Tensor:
 
 
 def _to_float(x: torch.Tensor) -> Tuple[torch.Tensor, float]:
-    """``(float32 tensor, scale)`` with ``tensor * scale`` in [0, 1]: uint8 [0, 255] is converted without dividing
-    (the 1/255 joins the normalisation's one pass), float [0, 1] is range- and finiteness-checked."""
+    """``(tensor, scale)`` with ``tensor * scale`` in [0, 1]: uint8 [0, 255] stays uint8 (the normalisation's one
+    pass reads it and applies the 1/255; a resize converts it first), float [0, 1] is range- and finiteness-checked
+    and converted to float32."""
     if x.dtype == torch.uint8:
-        return x.to(torch.float32), 1.0 / 255.0
+        return x, 1.0 / 255.0
     if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         x = x.to(torch.float32)
         if not torch.isfinite(x).all():
@@ -155,25 +156,40 @@ def preprocess_images(
             x = crop_images(x, crop)  # a view, before the conversion
         x, scale = _to_float(x)
         if x.shape[-2:] != (h, w):  # linear, so it commutes with the scaling below
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
+            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
         parts.append(x)
         scales.append(scale)
     if len(set(scales)) > 1:  # uint8 and float images in one list
         parts = [p * s for p, s in zip(parts, scales)]
         scales = [1.0]
+    if len({p.dtype for p in parts}) > 1:  # resized and unresized uint8 parts
+        parts = [p.float() for p in parts]
     x = parts[0] if len(parts) == 1 else torch.cat(parts)
     # one pass: x * scale / std - mean / std (or x * scale), written in the requested memory format
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
-    if normalize:
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        torch.addcmul(-mean / std, x, scales[0] / std, out=out)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=fmt)  # computed in float32, stored so
+    if normalize:  # uint8 is read as it is: no float32 copy of the batch before this pass
+        shift, gain = _normalisation(x.device, scales[0])
+        torch.addcmul(shift, x, gain, out=out)
     elif scales[0] != 1.0:
         torch.mul(x, scales[0], out=out)
     else:
         out.copy_(x)
-    return out if dtype == torch.float32 else out.to(dtype)
+    return out
+
+
+_NORMALISATION = {}
+
+
+def _normalisation(device: torch.device, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(-mean / std, scale / std)`` as [1, 3, 1, 1] float32 tensors on ``device``, made once per device and scale
+    (a tensor built from Python numbers on a GPU is a blocking host-to-device copy on every call)."""
+    key = (str(device), scale)
+    if key not in _NORMALISATION:
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        _NORMALISATION[key] = ((-mean / std).to(device), (scale / std).to(device))
+    return _NORMALISATION[key]
 
 
 def check_crop(crop: Optional[Sequence[float]]) -> None:

@@ -7,6 +7,8 @@ Training keeps the plain module; scoring goes through ``InferenceNetwork``, whic
 - the ``channels_last`` memory format where configured (``'auto'``: on CPU and CUDA, see ``CHANNELS_LAST_AUTO``);
 - optionally int8 (``precision='int8'``): a quantised copy, kept only where it agrees with fp32
   (``ding_ext.int8_inference``);
+- optionally (``space_to_depth_stem``) the ResNet stem as an exact 4x4 convolution on a space-to-depth image, which
+  tensor cores run far better (``ding_ext.space_to_depth_stem``);
 - optionally ``torch.compile``: a failure (at compile time or at the first call) falls back to eager with a warning
   naming the error. With ``freeze_weights`` (a frozen reward model) inductor's freezing folds the weights into the
   compiled code (prepacked oneDNN convolutions on CPU: about 2x eager there, against about 1.1x without); such a
@@ -15,7 +17,11 @@ Training keeps the plain module; scoring goes through ``InferenceNetwork``, whic
 The copy is keyed by ``weights_version(network)``, a counter that every in-place change of a parameter or buffer
 raises (optimizer steps, ``load_state_dict``, BatchNorm statistics, edits under ``torch.no_grad()``), so a trained
 or reloaded network is never scored with stale weights: the new weights are folded again and copied into the built
-copy (a compiled copy is not compiled again). Edits through ``tensor.data`` bypass the counter.
+copy (a compiled copy is not compiled again). Edits through ``tensor.data`` bypass the counter, and so does a
+parameter replaced by a new tensor object (the list of tensors is read when the copy is built).
+
+With CUDA graphs (``compile_mode='reduce-overhead'``) a batch is padded with zero images to the next power of two,
+so a stream of varying batch sizes records at most one graph per power of two.
 """
 import copy
 import logging
@@ -25,6 +31,8 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .space_to_depth_stem import replace_resnet_stem
+
 logger = logging.getLogger(__name__)
 
 # channels_last 'auto', per device type, as measured by bench/reward_inference.py (resnet18, 128 px, batch 64,
@@ -32,6 +40,14 @@ logger = logging.getLogger(__name__)
 # the layout cuDNN's tensor-core convolutions prefer (the compiled bf16 reference in bench/results uses it)
 CHANNELS_LAST_AUTO = {'cpu': True, 'cuda': True}
 CHANNELS_LAST_CHOICES = (True, False, 'auto')
+# compile_mode -> inductor options (beside freezing): 'reduce-overhead' records the compiled network as CUDA graphs,
+# one launch per scored chunk (one graph per chunk size) instead of one per kernel; it does nothing on the CPU
+COMPILE_MODES = {'default': {}, 'reduce-overhead': {'triton.cudagraphs': True}}
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {tuple(COMPILE_MODES)}, got {mode!r}")
 
 
 def resolve_channels_last(setting: Union[bool, str], device: torch.device) -> bool:
@@ -43,9 +59,22 @@ def resolve_channels_last(setting: Union[bool, str], device: torch.device) -> bo
     return bool(setting)
 
 
+def resolve_space_to_depth_stem(setting: Union[bool, str], device: torch.device) -> bool:
+    """``space_to_depth_stem`` for ``device``: the setting itself, or with 'auto' on for CUDA devices only."""
+    if setting not in CHANNELS_LAST_CHOICES or (setting != 'auto' and not isinstance(setting, bool)):
+        raise ValueError(f"space_to_depth_stem must be true, false or 'auto', got {setting!r}")
+    return torch.device(device).type == 'cuda' if setting == 'auto' else bool(setting)
+
+
 def weights_version(network: nn.Module) -> int:
     """A number that grows with every in-place change of the network's parameters and buffers."""
-    return sum(t._version for t in network.parameters()) + sum(t._version for t in network.buffers())
+    return sum(t._version for t in weight_tensors(network))
+
+
+def weight_tensors(network: nn.Module) -> list:
+    """The parameters and buffers of ``network`` (``InferenceNetwork`` keeps this list: walking the modules on every
+    call cost about 130 us per call on a 2-core CPU, a tenth of a GPU's time for a batch of 256)."""
+    return [*network.parameters(), *network.buffers()]
 
 
 def fold_batchnorm(network: nn.Module) -> Tuple[nn.Module, str]:
@@ -65,8 +94,14 @@ class InferenceNetwork:
 
     def __init__(self, network: nn.Module, channels_last: bool = False, compile: bool = False,
                  freeze_weights: bool = False,
-                 quantize: Optional[Callable[[nn.Module], Optional[nn.Module]]] = None) -> None:
+                 quantize: Optional[Callable[[nn.Module], Optional[nn.Module]]] = None,
+                 compile_mode: str = 'default', space_to_depth_stem: bool = False) -> None:
+        check_compile_mode(compile_mode)
         self.network = network
+        self.compile_mode = compile_mode
+        self.space_to_depth_stem = bool(space_to_depth_stem)
+        self._graphs = False  # compiled with CUDA graphs
+        self._tensors = weight_tensors(network)
         # int8 scoring: builds a quantised copy of the folded network (None: it refused one, score in float)
         self.quantize = quantize
         self.channels_last = bool(channels_last)
@@ -79,14 +114,24 @@ class InferenceNetwork:
         self._version: Optional[int] = None
 
     def _build(self) -> None:
+        # scoring calls this under torch.inference_mode; the copy's weights must be normal tensors all the same:
+        # CUDA graphs copy inference-mode weights into the graph on every replay, as if they were inputs
+        with torch.inference_mode(False), torch.no_grad():
+            self._build_copy()
+
+    def _build_copy(self) -> None:
         net, how = fold_batchnorm(self.network)
+        if self.space_to_depth_stem and self.quantize is None:
+            stem = replace_resnet_stem(net)
+            how += f', {stem} as a space-to-depth 4x4 convolution' if stem else ''
+        self._tensors = weight_tensors(self.network)
         same_device = self._eager is not None and \
             next(self._eager.parameters()).device == next(net.parameters()).device
         # compiled with frozen weights, or quantised: the weights are baked in, build again
         baked = self._net is not self._eager and (self.freeze_weights or self.quantize is not None)
         if same_device and not baked:  # the same structure: new weights into the built (maybe compiled) copy
             self._eager.load_state_dict(net.state_dict())
-            self._version = weights_version(self.network)
+            self._version = self._weights_version()
             return
         for p in net.parameters():
             p.requires_grad_(False)
@@ -101,28 +146,44 @@ class InferenceNetwork:
                 self.description += ', int8'
         elif self.compile:
             try:
-                self._net = torch.compile(net, options=dict(freezing=True) if self.freeze_weights else None)
-                self.description += ', torch.compile' + (' (weights frozen)' if self.freeze_weights else '')
+                cuda = next(net.parameters()).is_cuda
+                options = dict(COMPILE_MODES[self.compile_mode] if cuda else {})
+                # freezing folds the weights into the code; CUDA graphs then copied all 48 weight tensors of a
+                # ResNet-18 into the graph on every replay (H100 profile), so graphs keep them as static inputs
+                if self.freeze_weights and not options.get('triton.cudagraphs'):
+                    options['freezing'] = True
+                self._net = torch.compile(net, options=options or None)
+                self._graphs = bool(options.get('triton.cudagraphs'))
+                self.description += ', torch.compile' + (' (weights frozen)' if options.get('freezing') else '') + \
+                    (', CUDA graphs' if self._graphs else '')
             except Exception as e:  # noqa: BLE001
                 self._compile_failed(e)
-        self._version = weights_version(self.network)
+        self._version = self._weights_version()
+
+    def _weights_version(self) -> int:
+        return sum(t._version for t in self._tensors)
 
     def _compile_failed(self, error: BaseException) -> None:
         self.compile_error = f"{type(error).__name__}: {error}"
         warnings.warn(f"torch.compile of the reward network failed, scoring in eager mode: {self.compile_error}",
                       RuntimeWarning, stacklevel=3)
         self._net = self._eager
+        self._graphs = False
         self.description = self.description.split(', torch.compile')[0] + ' (torch.compile failed)'
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._net is None or self._version != weights_version(self.network):
+        if self._net is None or self._version != self._weights_version():
             self._build()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._net is self._eager or self.quantize is not None:
             return self._net(x)
+        n = x.shape[0]
+        if self._graphs and n & (n - 1):  # one CUDA graph per power-of-two batch, not one per batch size
+            pad = x.new_zeros((2 ** n.bit_length() - n, *x.shape[1:]))
+            x = torch.cat([x, pad.contiguous(memory_format=torch.channels_last) if self.channels_last else pad])
         try:
-            return self._net(x)
+            return self._net(x)[:n]
         except Exception as e:  # noqa: BLE001  (torch.compile errors surface at the first call)
             self._compile_failed(e)
-            return self._net(x)
+            return self._net(x)[:n]

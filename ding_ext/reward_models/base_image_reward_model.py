@@ -19,10 +19,12 @@ from ding.reward_model.base_reward_model import BaseRewardModel
 from easydict import EasyDict
 
 from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
+from ..chunked_scoring import PinnedUploader, resolve_pinned_upload, score_in_chunks
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
 from ..image_utils import check_crop, preprocess_images, random_shift
-from ..inference_network import InferenceNetwork, resolve_channels_last, weights_version
+from ..inference_network import (InferenceNetwork, check_compile_mode, resolve_channels_last,
+                                 resolve_space_to_depth_stem, weights_version)
 from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
 from ..transitions import labelled_images
 from .reward_model_api import RewardModelAPI
@@ -117,6 +119,17 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         # model's weights are compiled in, about 2x eager on CPU); a compile failure falls back to eager with a
         # warning naming the error.
         compile=False,
+        # (str) compile=true: 'default', or 'reduce-overhead' (inductor's CUDA graphs: one launch per scored chunk
+        # instead of one per kernel; CUDA only, see ding_ext.inference_network.COMPILE_MODES).
+        compile_mode='default',
+        # (bool|str) Upload host (numpy / CPU) images to a CUDA device through reusable pinned buffers on a side
+        # stream, overlapping the scoring of the chunk before (ding_ext.chunked_scoring): true | false | 'auto' (on
+        # for CUDA devices). Identical probabilities either way.
+        pinned_upload='auto',
+        # (bool|str) Score with the ResNet stem (7x7 / stride 2 on 3 channels) rewritten as an exact 4x4 convolution
+        # on a 2x2 space-to-depth image (ding_ext.space_to_depth_stem): true | false | 'auto' (on for CUDA devices,
+        # where tensor cores run it far faster). Training and checkpoints keep the plain stem.
+        space_to_depth_stem='auto',
         # (bool) ``estimate()`` stores each transition's success probability with it (``reward_score``) and reuses
         # it while the weights are unchanged: a frozen model scores each stored image once, a co-trained one again
         # after it trained. False: every call scores its images (DI-engine's reward models do so).
@@ -221,7 +234,12 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
         self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile),
                                                   freeze_weights=not self.cfg.cooptrain_reward,
-                                                  quantize=self._int8_copy if self.cfg.precision == 'int8' else None)
+                                                  quantize=self._int8_copy if self.cfg.precision == 'int8' else None,
+                                                  compile_mode=self.cfg.compile_mode,
+                                                  space_to_depth_stem=resolve_space_to_depth_stem(
+                                                      self.cfg.space_to_depth_stem, self.device))
+        use_pinned = resolve_pinned_upload(self.cfg.pinned_upload, self.device)
+        self.uploader = PinnedUploader(self.device) if use_pinned else None
         return self
 
     def _int8_copy(self, network: nn.Module) -> Optional[nn.Module]:
@@ -299,6 +317,9 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         if t != 'auto' and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0):
             raise ValueError(f"reward_threshold must be a number in [0, 1] or 'auto', got {t!r}")
         resolve_channels_last(c.channels_last, 'cpu')
+        resolve_pinned_upload(c.pinned_upload, 'cuda')
+        resolve_space_to_depth_stem(c.space_to_depth_stem, 'cpu')
+        check_compile_mode(c.compile_mode)
         if int(c.batch_size) < 2:
             raise ValueError(f"batch_size must be >= 2 (half success, half failure), got {c.batch_size}")
 
@@ -325,10 +346,11 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         return float(value)
 
     # ------------------------------------------------------------------ images and probabilities
-    def preprocess_images(self, images: Any) -> torch.Tensor:
-        """Validated float NCHW batch on the model's device (the one path for training and inference)."""
+    def preprocess_images(self, images: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Validated float NCHW batch on the model's device (the one path for training and inference); scoring
+        asks for the autocast dtype (bf16/fp16: the values autocast would cast to, one pass fewer)."""
         return preprocess_images(
-            images, self.cfg.image_size, self.cfg.normalize, self.device, torch.float32,
+            images, self.cfg.image_size, self.cfg.normalize, self.device, dtype,
             channels_last=self.channels_last, crop=self.cfg.image_crop,
             antialias=bool(self.cfg.resize_antialias)
         )
@@ -346,19 +368,18 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
     def predict_proba(self, images: Any) -> torch.Tensor:
         """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``.
 
-        Each batch is moved to the device as it comes (uint8 stays uint8), converted, resized and normalised there
-        in one pass, and scored by ``inference_network`` (the eval-mode fast copy of ``network``).
+        Each batch is moved to the device as it comes (uint8 stays uint8; to a CUDA device through pinned memory,
+        overlapping the scoring of the chunk before: ``pinned_upload``), converted, resized and normalised there in
+        one pass, and scored by ``inference_network`` (the eval-mode fast copy of ``network``).
         """
-        n = len(images)
-        if n == 0:
+        if len(images) == 0:
             raise ValueError("empty image batch: no images to score")
-        out = []
-        step = int(self.cfg.inference_batch_size)
+        dtype = self.dtype  # the autocast dtype (float32 for fp32 and int8)
+
+        def score(part):
+            return torch.sigmoid(self.inference_network(self.preprocess_images(part, dtype)).float())
         with torch.inference_mode(), self._autocast():
-            for i in range(0, n, step):
-                x = self.preprocess_images(images[i:i + step])
-                out.append(torch.sigmoid(self.inference_network(x).float()))
-        return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
+            return score_in_chunks(images, int(self.cfg.inference_batch_size), score, self.uploader)
 
     # ---------------------------------------------------- DI-engine contract (estimate() is TransitionRewards')
     def collect_data(self, data: List[Dict[str, Any]]) -> None:

@@ -136,13 +136,13 @@ class BaseVideoRewardModel(BaseImageRewardModel):
             torch.float32, crop=self.cfg.image_crop, antialias=bool(self.cfg.resize_antialias))
         return frames.reshape(b, k, *frames.shape[1:])
 
-    def preprocess_images(self, images: Any) -> torch.Tensor:
+    def preprocess_images(self, images: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The network's input: the sampled frames of each clip stacked on channels, [B, 3 * num_frames, H, W]."""
         x = self.preprocess_video(images)
         x = x.reshape(x.shape[0], -1, *x.shape[3:])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.to(dtype)
 
     def format_prompt(self, task_description: Optional[str] = None) -> str:
         """The question a prompt-based model answers about a clip."""
