@@ -63,11 +63,12 @@ def record_heldout_episodes(held: str, env_cfg: Dict[str, Any], planner: int, ex
 
 
 def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int,
-           boundary_expert: int = 0) -> Dict[str, Any]:
+           boundary_expert: int = 0, render_px: int = 128) -> Dict[str, Any]:
     from dizoo_maniskill import rlpd_recipe as recipe
     from dizoo_maniskill.record_planner_episodes import record_expert_episodes
     clip = recipe.CLIP
-    env_cfg = recipe.env_config(reward_frames=clip['reward_frames'], reward_frame_stride=clip['reward_frame_stride'])
+    env_cfg = recipe.env_config(reward_frames=clip['reward_frames'], reward_frame_stride=clip['reward_frame_stride'],
+                                image_size=[3, render_px, render_px])
     t = time.time()
     out = dict(train=recipe.record_classifier_data(os.path.join(work, 'train'), planner, expert, env_cfg))
     if boundary_expert:
@@ -128,6 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "--work-dir/models/<name> is evaluated again, not retrained)")
     p.add_argument('--image-px', type=int, default=64,
                    help="the models' input size (the reward camera renders 128 px; 64 is the RLPD recipe's)")
+    p.add_argument('--render-px', type=int, default=128,
+                   help="the reward camera's resolution when recording (a work dir holds one resolution)")
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))
     p.add_argument('--planner-episodes', type=int, default=28)
     p.add_argument('--expert-episodes', type=int, default=60)
@@ -149,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command=' '.join(['python', 'bench/pickcube_clip_fidelity.py'] + list(argv or sys.argv[1:])),
         machine=f"{os.cpu_count()} CPU cores", clip=CLIP,
         recorded=record(work, args.planner_episodes, args.expert_episodes, args.heldout_planner_episodes,
-                        args.heldout_expert_episodes, args.boundary_expert_episodes),
+                        args.heldout_expert_episodes, args.boundary_expert_episodes, args.render_px),
         variants={})
     for name in names:
         result['variants'][name] = evaluate_variant(work, name, args.epochs, args.image_px)

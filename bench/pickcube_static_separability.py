@@ -82,12 +82,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'static_separability'))
     p.add_argument('--planner-episodes', type=int, default=10)
     p.add_argument('--expert-episodes', type=int, default=16)
+    p.add_argument('--image-px', type=int, default=128,
+                   help="the reward camera's resolution (px, square): does a finer image show the motion better?")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'pickcube_static_separability.json'))
     args = p.parse_args(argv)
     from ding_ext.checkpoint_io import write_json_atomic
     from bench.pickcube_clip_fidelity import record_heldout_episodes
     from dizoo_maniskill import rlpd_recipe as recipe
-    env_cfg = recipe.env_config(reward_frames=2, reward_frame_stride=1)
+    env_cfg = recipe.env_config(reward_frames=2, reward_frame_stride=1, image_size=[3, args.image_px, args.image_px])
     data = os.path.abspath(args.work_dir)
     t = time.time()
     record_heldout_episodes(data, env_cfg, args.planner_episodes, args.expert_episodes)

@@ -19,14 +19,14 @@ from ding.reward_model.base_reward_model import BaseRewardModel
 from easydict import EasyDict
 
 from ..checkpoint_io import check_metadata, load_checkpoint, save_checkpoint
-from ..chunked_scoring import PinnedUploader, resolve_pinned_upload, score_in_chunks
+from ..chunked_scoring import resolve_pinned_upload
 from ..debug_images import DebugImageWriter, debug_dir_from
 from ..evaluation import CALIBRATION_KEYS
-from ..image_utils import check_crop, preprocess_images, random_shift
-from ..inference_network import (InferenceNetwork, check_compile_mode, resolve_channels_last,
-                                 resolve_space_to_depth_stem, weights_version)
+from ..image_utils import check_crop, random_shift
+from ..inference_network import check_compile_mode, resolve_channels_last, resolve_space_to_depth_stem
 from ..precision import CHOICES as PRECISION_CHOICES, PRECISIONS, resolve_precision
 from ..transitions import labelled_images
+from .image_scoring import SCORING_CONFIG, ImageScoring
 from .reward_model_api import RewardModelAPI
 from .transition_rewards import TransitionRewards
 
@@ -37,8 +37,9 @@ COMBINE_MODES = ("replace", "add", "weighted")
 SOFT_REWARD_CHOICES = (False, True, "above_threshold")
 
 
-class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
-    """Image success classifier as a DI-engine reward model (see ``config`` for every key)."""
+class BaseImageRewardModel(ImageScoring, RewardModelAPI, TransitionRewards, BaseRewardModel):
+    """Image success classifier as a DI-engine reward model (see ``config`` for every key; the scoring keys are
+    ``image_scoring.SCORING_CONFIG``)."""
 
     config = dict(
         # (str) Registry name used by ``create_reward_model``.
@@ -53,20 +54,7 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         # (bool) Low-pass filter images the resize to image_size shrinks; false: plain bilinear, as RLinf resizes
         # (set for its checkpoints by ding_ext.rlinf_migration). Stored in and checked against checkpoints.
         resize_antialias=True,
-        # (str) Numeric precision of inference and training autocast: fp32 | bf16 | fp16 | auto (bf16 or fp16 only
-        # where the device runs it natively, else fp32; see ding_ext.precision) | int8 (frozen models on CPU: a
-        # quantised copy scores, kept only where it agrees with fp32 on int8_calibration_data; training stays fp32).
-        # The choice is logged and kept in ``precision_choice``.
-        precision='fp32',
-        # (str|None) precision='int8': success/ + failure/ folder of the images the model scores (the collected
-        # data), to calibrate the int8 copy on and to check it against fp32 (ding_ext.int8_inference).
-        int8_calibration_data=None,
-        # (int) precision='int8': images of int8_calibration_data (spread over the folder) that check the int8 copy,
-        # and of those the images that calibrate its activation ranges.
-        int8_check_images=4096,
-        int8_calibration_images=1024,
-        # (float) precision='int8': largest change of precision or recall (at the threshold) that keeps int8.
-        int8_tolerance=0.005,
+        **SCORING_CONFIG,
         # (str) per_step: score every transition; terminal: score transitions with done=True, r=0 elsewhere.
         reward_mode='terminal',
         # (float) Model reward when the success probability is above the threshold (``reward_threshold``).
@@ -110,26 +98,6 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         target_new_data_count=1,
         # (int) Most (image, label) pairs kept per class; the oldest are dropped first.
         max_buffer_size=20000,
-        # (int) Images per forward pass in ``estimate()`` / ``compute_rewards()``.
-        inference_batch_size=256,
-        # (bool|str) Score in the channels_last memory format: true | false | 'auto' (the choice measured per device
-        # type by bench/reward_inference.py, see ding_ext.inference_network.CHANNELS_LAST_AUTO).
-        channels_last='auto',
-        # (bool) Score with a torch.compile'd network (the first call compiles: 1-2 min on a 2-core CPU; a frozen
-        # model's weights are compiled in, about 2x eager on CPU); a compile failure falls back to eager with a
-        # warning naming the error.
-        compile=False,
-        # (str) compile=true: 'default', or 'reduce-overhead' (inductor's CUDA graphs: one launch per scored chunk
-        # instead of one per kernel; CUDA only, see ding_ext.inference_network.COMPILE_MODES).
-        compile_mode='default',
-        # (bool|str) Upload host (numpy / CPU) images to a CUDA device through reusable pinned buffers on a side
-        # stream, overlapping the scoring of the chunk before (ding_ext.chunked_scoring): true | false | 'auto' (on
-        # for CUDA devices). Identical probabilities either way.
-        pinned_upload='auto',
-        # (bool|str) Score with the ResNet stem (7x7 / stride 2 on 3 channels) rewritten as an exact 4x4 convolution
-        # on a 2x2 space-to-depth image (ding_ext.space_to_depth_stem): true | false | 'auto' (on for CUDA devices,
-        # where tensor cores run it far faster). Training and checkpoints keep the plain stem.
-        space_to_depth_stem='auto',
         # (bool) ``estimate()`` stores each transition's success probability with it (``reward_score``) and reuses
         # it while the weights are unchanged: a frozen model scores each stored image once, a co-trained one again
         # after it trained. False: every call scores its images (DI-engine's reward models do so).
@@ -219,38 +187,6 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
         threshold = self.threshold  # reward_threshold='auto' without a calibrated checkpoint fails here
         dbg = debug_dir_from(self.cfg.debug_save_dir)
         self.debug_writer = DebugImageWriter(dbg, threshold) if dbg else None
-
-    def to_device(self, device: Any = None) -> "BaseImageRewardModel":
-        """Move the network (and the optimiser state, precision choice: ``RewardModelAPI.to_device``) to ``device``
-        (None: stay); scoring then runs there on a fresh eval-mode copy (BatchNorm folded, channels_last as
-        configured for that device, maybe compiled), rebuilt whenever the weights change. Returns self."""
-        if device is None:
-            return self
-        if hasattr(self, 'optimizer'):
-            super().to_device(device)
-        else:  # while __init__ builds the model
-            self.device = torch.device(device)
-            self.network.to(self.device)
-        self.channels_last = resolve_channels_last(self.cfg.channels_last, self.device)
-        self.inference_network = InferenceNetwork(self.network, self.channels_last, bool(self.cfg.compile),
-                                                  freeze_weights=not self.cfg.cooptrain_reward,
-                                                  quantize=self._int8_copy if self.cfg.precision == 'int8' else None,
-                                                  compile_mode=self.cfg.compile_mode,
-                                                  space_to_depth_stem=resolve_space_to_depth_stem(
-                                                      self.cfg.space_to_depth_stem, self.device))
-        use_pinned = resolve_pinned_upload(self.cfg.pinned_upload, self.device)
-        self.uploader = PinnedUploader(self.device) if use_pinned else None
-        return self
-
-    def _int8_copy(self, network: nn.Module) -> Optional[nn.Module]:
-        """The int8 copy of the folded network, or None where it disagrees with fp32 (``precision_choice`` says)."""
-        from ..int8_inference import build_int8_copy
-        quantised, check = build_int8_copy(self, network)
-        self.precision_choice = dict(
-            precision='int8' if quantised is not None else 'fp32', int8_check=check,
-            reason='the int8 copy agrees with fp32' if quantised is not None else
-            f"the int8 copy changed precision or recall by more than {check['tolerance']} on {check['data']}")
-        return quantised
 
     def _load_seed_images(self, data_dir: str) -> None:
         from ..image_folder_dataset import scan_image_folder
@@ -344,42 +280,6 @@ class BaseImageRewardModel(RewardModelAPI, TransitionRewards, BaseRewardModel):
                 "(or train with store_threshold=true), or set a numeric reward_threshold"
             )
         return float(value)
-
-    # ------------------------------------------------------------------ images and probabilities
-    def preprocess_images(self, images: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Validated float NCHW batch on the model's device (the one path for training and inference); scoring
-        asks for the autocast dtype (bf16/fp16: the values autocast would cast to, one pass fewer)."""
-        return preprocess_images(
-            images, self.cfg.image_size, self.cfg.normalize, self.device, dtype,
-            channels_last=self.channels_last, crop=self.cfg.image_crop,
-            antialias=bool(self.cfg.resize_antialias)
-        )
-
-    def _autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
-        )
-
-    @property
-    def model_version(self) -> tuple:
-        """Identifies this model's current weights: it changes with every training step and every load."""
-        return self._instance, weights_version(self.network)
-
-    def predict_proba(self, images: Any) -> torch.Tensor:
-        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``.
-
-        Each batch is moved to the device as it comes (uint8 stays uint8; to a CUDA device through pinned memory,
-        overlapping the scoring of the chunk before: ``pinned_upload``), converted, resized and normalised there in
-        one pass, and scored by ``inference_network`` (the eval-mode fast copy of ``network``).
-        """
-        if len(images) == 0:
-            raise ValueError("empty image batch: no images to score")
-        dtype = self.dtype  # the autocast dtype (float32 for fp32 and int8)
-
-        def score(part):
-            return torch.sigmoid(self.inference_network(self.preprocess_images(part, dtype)).float())
-        with torch.inference_mode(), self._autocast():
-            return score_in_chunks(images, int(self.cfg.inference_batch_size), score, self.uploader)
 
     # ---------------------------------------------------- DI-engine contract (estimate() is TransitionRewards')
     def collect_data(self, data: List[Dict[str, Any]]) -> None:
