@@ -18,6 +18,15 @@ Every row is timed twice: with cudnn.benchmark off (torch's default), then on. E
 call (timed apart, ``first_call_s``). Probabilities of every row of ours are checked against the first one.
 
     python bench/reward_inference_gpu.py --out bench/results/reward_inference_cuda_gpu_target.json
+    python bench/reward_inference_gpu.py --smoke      # a check of this script on the CPU (its numbers mean nothing)
+
+On a GPU machine with torch but without DI-engine (Python 3.12), these wheels were enough for ding_ext (installed
+with ``pip install --no-deps --target DIR`` and DIR on PYTHONPATH): DI-engine 0.5.3, DI-toolkit 0.3.0,
+DI-treetensor 0.5.0, treevalue 1.5.0, hbutils 0.14.2, easydict 1.14, bitmath 2.1.1, pytimeparse 1.1.10, gym 0.25.1
+(built with ``pip wheel``: it has no wheel), gym-notices 0.1.0, gymnasium 1.4.0, farama-notifications 0.0.6,
+tensorboardX 2.6.5, dill 0.4.1, enum-tools 0.13.0, deprecation 2.1.0, URLObject 3.0.0, Flask 2.0.3 with
+Werkzeug 2.0.3 (a newer Werkzeug breaks Flask 2.0), itsdangerous 2.2.0, defusedxml 0.7.1, chardet 4.0.0,
+wcwidth 0.9.4, sniffio 1.3.1, graphviz 0.21.
 
 Writes the JSON after every pass, with the machine (bench/machine.py).
 """
