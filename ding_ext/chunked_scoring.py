@@ -2,7 +2,8 @@
 
 A numpy batch lives in pageable host memory. Moving it to a GPU goes through the driver's own staging, at a few
 GB/s, and blocks the host until the copy is done: for 256 images of 128 x 128 x 3 on an H100 machine that copy
-took about as long as scoring them (bench/reward_inference.py). ``PinnedUploader`` instead copies each chunk into
+took 1.0-1.2 ms, half the time of scoring them, against 0.23-0.27 ms from pinned memory
+(bench/reward_inference_gpu.py). ``PinnedUploader`` instead copies each chunk into
 one of two reusable page-locked buffers (a host copy torch spreads over its threads) and moves it to the device on
 a side stream. ``score_in_chunks`` launches the scoring of chunk k before it uploads chunk k+1, so that upload
 runs while the GPU scores chunk k; the values the network sees are bit for bit the same as without the uploader.
