@@ -33,7 +33,10 @@ def _host_tensor(images: Any) -> Optional[torch.Tensor]:
     """``images`` as one CPU tensor sharing its memory (a list: None, it is stacked into the pinned buffer), or None
     where it is not a host batch the uploader takes (a CUDA tensor, a list of mixed shapes: scored as given)."""
     if isinstance(images, np.ndarray):
-        return torch.from_numpy(images) if images.dtype != object else None
+        if images.dtype == object:
+            return None
+        # negative strides (a flipped view) are not a tensor's: such an array is copied, as to_tensor does
+        return torch.from_numpy(images if all(s >= 0 for s in images.strides) else np.ascontiguousarray(images))
     if isinstance(images, torch.Tensor):
         return images if images.device.type == 'cpu' else None
     return None

@@ -39,6 +39,15 @@ def test_chunked_scores_equal_one_pass():
     assert calls == [4, 4, 4, 2]
 
 
+def test_host_batches_the_uploader_takes():
+    from ding_ext.chunked_scoring import _host_items, _host_tensor
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert torch.equal(_host_tensor(x[:, ::-1]), torch.from_numpy(x[:, ::-1].copy()))  # a flipped view is copied
+    assert _host_tensor(x).data_ptr() == torch.from_numpy(x).data_ptr()  # no copy otherwise
+    assert _host_tensor(np.array([x[0], None], dtype=object)) is None
+    assert len(_host_items(list(x))) == 2 and _host_items([x[0], x[0, :2]]) is None and _host_items([]) is None
+
+
 def test_pinned_upload_setting_is_checked():
     assert resolve_pinned_upload('auto', torch.device('cpu')) is False
     assert resolve_pinned_upload('auto', torch.device('cuda')) is True
