@@ -89,17 +89,15 @@ def main() -> None:
     a = p.parse_args()
     if IMPORT_ERROR:
         raise SystemExit(f"ding_ext failed to import:\n{IMPORT_ERROR}")
-    global BATCH
-    if a.smoke:
-        BATCH = 8
+    n = 8 if a.smoke else BATCH
     device = torch.device('cpu' if a.smoke else 'cuda')
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    batch = rng.integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8)
+    batch = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
     batch_cuda = torch.from_numpy(batch).to(device)
     prepared = preprocess_images(batch_cuda, (3, SIZE, SIZE), True, device, channels_last=True).to(torch.bfloat16)
     pinned = torch.from_numpy(batch) if a.smoke else torch.from_numpy(batch).pin_memory()
-    result = dict(machine=machine(device), batch=BATCH, size=SIZE, precision='bf16', channels_last=True,
+    result = dict(machine=machine(device), batch=n, size=SIZE, precision='bf16', channels_last=True,
                   model='resnet18, hidden_dim 256, random init', command=' '.join(sys.argv), build={}, passes=[])
     print(json.dumps(result['machine']), flush=True)
 
@@ -150,12 +148,12 @@ def main() -> None:
     result['first_call_s'] = firsts
     for cudnn_benchmark in (False, True):
         torch.backends.cudnn.benchmark = cudnn_benchmark
-        rates = compare(fns, BATCH, a.seconds, a.warmup, device)
+        rates = compare(fns, n, a.seconds, a.warmup, device)
         base_rate = rates['plain eager (issue baseline)']['img_s']
         result['passes'].append(dict(cudnn_benchmark=cudnn_benchmark, rows={
             k: dict(v, ratio_to_issue_baseline=v['img_s'] / base_rate) for k, v in rates.items()}))
         write_json_atomic(a.out, result)
-        print(f"\ncudnn.benchmark={cudnn_benchmark}: images/s at batch {BATCH} / {SIZE} px (ratio to the plain "
+        print(f"\ncudnn.benchmark={cudnn_benchmark}: images/s at batch {n} / {SIZE} px (ratio to the plain "
               "eager baseline)", flush=True)
         for k, v in rates.items():
             print(f"  {k:<52} {v['img_s']:10.0f}  {v['img_s'] / base_rate:6.2f}x", flush=True)

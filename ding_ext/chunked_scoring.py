@@ -13,20 +13,17 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-PINNED_UPLOAD_CHOICES = (True, False, 'auto')
+from .inference_network import resolve_auto_setting
 
 
 def resolve_pinned_upload(setting: Any, device: torch.device) -> bool:
     """``pinned_upload`` for ``device``: the setting itself, or with 'auto' on for CUDA devices (off elsewhere)."""
-    if setting not in PINNED_UPLOAD_CHOICES or (setting != 'auto' and not isinstance(setting, bool)):
-        raise ValueError(f"pinned_upload must be true, false or 'auto', got {setting!r}")
     device = torch.device(device)
-    if setting == 'auto':
-        return device.type == 'cuda'
-    if setting and device.type != 'cuda':
+    use = resolve_auto_setting('pinned_upload', setting, device, device.type == 'cuda')
+    if use and device.type != 'cuda':
         raise ValueError(f"pinned_upload stages images for a CUDA device; the model's device is {device}: set "
                          "pinned_upload false or 'auto' there")
-    return bool(setting)
+    return use
 
 
 def _host_tensor(images: Any) -> Optional[torch.Tensor]:
@@ -118,12 +115,12 @@ def score_in_chunks(images: Any, step: int, score: Callable[[Any], torch.Tensor]
 
     With an uploader, chunk k+1 is uploaded after the scoring of chunk k is queued, so the copy overlaps it.
     """
-    n = len(images)
-    chunks = [images[i:i + step] for i in range(0, n, step)]
-    nxt = uploader.upload(chunks[0]) if uploader is not None else chunks[0]
+    upload = uploader.upload if uploader is not None else (lambda chunk: chunk)
+    chunks = [images[i:i + step] for i in range(0, len(images), step)]
+    nxt = upload(chunks[0])
     out = []
     for k in range(len(chunks)):
         out.append(score(nxt).float())
         if k + 1 < len(chunks):
-            nxt = uploader.upload(chunks[k + 1]) if uploader is not None else chunks[k + 1]
+            nxt = upload(chunks[k + 1])
     return (out[0] if len(out) == 1 else torch.cat(out)).cpu()

@@ -50,20 +50,22 @@ def check_compile_mode(mode: str) -> None:
         raise ValueError(f"compile_mode must be one of {tuple(COMPILE_MODES)}, got {mode!r}")
 
 
+def resolve_auto_setting(name: str, setting: Union[bool, str], device: torch.device, auto: bool) -> bool:
+    """A true | false | 'auto' setting for ``device``: the setting itself, or ``auto`` (the device's default)."""
+    if setting not in CHANNELS_LAST_CHOICES or (setting != 'auto' and not isinstance(setting, bool)):
+        raise ValueError(f"{name} must be true, false or 'auto', got {setting!r}")
+    return auto if setting == 'auto' else bool(setting)
+
+
 def resolve_channels_last(setting: Union[bool, str], device: torch.device) -> bool:
     """``channels_last`` for ``device``: the setting itself, or with 'auto' the measured choice of its device type."""
-    if setting not in CHANNELS_LAST_CHOICES or (setting != 'auto' and not isinstance(setting, bool)):
-        raise ValueError(f"channels_last must be true, false or 'auto', got {setting!r}")
-    if setting == 'auto':
-        return CHANNELS_LAST_AUTO.get(torch.device(device).type, False)
-    return bool(setting)
+    return resolve_auto_setting('channels_last', setting, device,
+                                CHANNELS_LAST_AUTO.get(torch.device(device).type, False))
 
 
 def resolve_space_to_depth_stem(setting: Union[bool, str], device: torch.device) -> bool:
     """``space_to_depth_stem`` for ``device``: the setting itself, or with 'auto' on for CUDA devices only."""
-    if setting not in CHANNELS_LAST_CHOICES or (setting != 'auto' and not isinstance(setting, bool)):
-        raise ValueError(f"space_to_depth_stem must be true, false or 'auto', got {setting!r}")
-    return torch.device(device).type == 'cuda' if setting == 'auto' else bool(setting)
+    return resolve_auto_setting('space_to_depth_stem', setting, device, torch.device(device).type == 'cuda')
 
 
 def weights_version(network: nn.Module) -> int:
@@ -101,7 +103,7 @@ class InferenceNetwork:
         self.compile_mode = compile_mode
         self.space_to_depth_stem = bool(space_to_depth_stem)
         self._graphs = False  # compiled with CUDA graphs
-        self._tensors = weight_tensors(network)
+        self._tensors: list = []  # weight_tensors(network), read when the copy is built
         # int8 scoring: builds a quantised copy of the folded network (None: it refused one, score in float)
         self.quantize = quantize
         self.channels_last = bool(channels_last)
