@@ -13,6 +13,8 @@ so optimistic: the distance to the 0.97 / 0.97 target whatever threshold the val
     python bench/pickcube_clip_fidelity.py                                     # single, gated single, early fusion
     python bench/pickcube_clip_fidelity.py --variants single,early2u,late2u,early3u --epochs 12
     python bench/pickcube_clip_fidelity.py --variants single,early2u --image-px 128 --out ..._128px.json
+    python bench/pickcube_clip_fidelity.py --variants single_joint,early2last_joint --image-px 128 --reward-state \
+        --work-dir bench/work/clip_fidelity_state --out ..._joint_speed.json
     python bench/pickcube_clip_fidelity.py --variants early2last --image-px 128 --boundary-expert-episodes 120 \
         --work-dir bench/work/clip_fidelity_boundary --out ..._boundary.json
 """
@@ -29,11 +31,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# name: (num_frames, frame_sampling, fusion, still-scene gate); single_still is the RLPD recipe's reward (rlpd_recipe.STILL)
-VARIANTS = dict(single=(1, 'last', 'early', False), single_still=(1, 'last', 'early', True),
-                early2u=(2, 'uniform', 'early', False), early2last=(2, 'last', 'early', False),
-                early3u=(3, 'uniform', 'early', False), late2u=(2, 'uniform', 'late', False),
-                motion2last=(2, 'last', 'motion', False), motion3last=(3, 'last', 'motion', False))
+# name: (num_frames, frame_sampling, fusion, gate); gate None | 'pixel' (the still-scene gate on the last two frames;
+# single_still is the RLPD recipe's reward, rlpd_recipe.STILL) | 'joint' (the joint-speed gate on the robot's joint
+# velocities: the data must be recorded with --reward-state)
+VARIANTS = dict(single=(1, 'last', 'early', None), single_still=(1, 'last', 'early', 'pixel'),
+                early2u=(2, 'uniform', 'early', None), early2last=(2, 'last', 'early', None),
+                early3u=(3, 'uniform', 'early', None), late2u=(2, 'uniform', 'late', None),
+                motion2last=(2, 'last', 'motion', None), motion3last=(3, 'last', 'motion', None),
+                single_joint=(1, 'last', 'early', 'joint'), early2last_joint=(2, 'last', 'early', 'joint'))
 # --boundary-expert-episodes: expert episodes whose holds sit on both sides of the 2.5 cm tolerance (training only;
 # the held-out episodes stay the recipe's)
 BOUNDARY_EXPERT_SEED = 600000
@@ -63,12 +68,12 @@ def record_heldout_episodes(held: str, env_cfg: Dict[str, Any], planner: int, ex
 
 
 def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_expert: int,
-           boundary_expert: int = 0, render_px: int = 128) -> Dict[str, Any]:
+           boundary_expert: int = 0, render_px: int = 128, reward_state: bool = False) -> Dict[str, Any]:
     from dizoo_maniskill import rlpd_recipe as recipe
     from dizoo_maniskill.record_planner_episodes import record_expert_episodes
     clip = recipe.CLIP
     env_cfg = recipe.env_config(reward_frames=clip['reward_frames'], reward_frame_stride=clip['reward_frame_stride'],
-                                image_size=[3, render_px, render_px])
+                                image_size=[3, render_px, render_px], reward_state=reward_state)
     t = time.time()
     out = dict(train=recipe.record_classifier_data(os.path.join(work, 'train'), planner, expert, env_cfg))
     if boundary_expert:
@@ -87,7 +92,7 @@ def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> D
     k, sampling, fusion, gate = VARIANTS[name]
     save = os.path.join(work, 'models', name if image_px == 64 else f'{name}_{image_px}px')
     best = os.path.join(save, 'best_model.safetensors')
-    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, still_gate=gate, epochs=epochs,
+    row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, gate=gate, epochs=epochs,
                                image_px=image_px)
     if os.path.isfile(best):  # trained by an earlier run: evaluated again, not retrained
         row['trained_by_earlier_run'] = True
@@ -95,10 +100,12 @@ def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> D
         t = time.time()
         result = recipe.train_classifier(os.path.join(work, 'train'), save, epochs=epochs, clip=dict(
             recipe.CLIP, num_frames=k, frame_sampling=sampling, fusion=fusion),
-            still_keep=recipe.STILL_KEEP if gate else None, image_size=[3, image_px, image_px])
+            still_keep=recipe.STILL_KEEP if gate == 'pixel' else None, joint_keep=1.0 if gate == 'joint' else None,
+            image_size=[3, image_px, image_px])
         best = result['best_path']
         row['train_seconds'] = round(time.time() - t, 1)
         row['motion_gate'] = result.get('motion_gate')
+        row['joint_speed_gate'] = result.get('joint_speed_gate')
     for label, threshold in (('calibrated', None), ('0.5', 0.5)):
         rep = evaluate_checkpoint(best, os.path.join(work, 'heldout'), os.path.join(save, f'heldout_{label}'),
                                   threshold=threshold, target_precision=0.9,
@@ -131,6 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="the models' input size (the reward camera renders 128 px; 64 is the RLPD recipe's)")
     p.add_argument('--render-px', type=int, default=128,
                    help="the reward camera's resolution when recording (a work dir holds one resolution)")
+    p.add_argument('--reward-state', action='store_true',
+                   help="record each clip's arm joint velocities (the env's reward_state), for the *_joint variants")
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))
     p.add_argument('--planner-episodes', type=int, default=28)
     p.add_argument('--expert-episodes', type=int, default=60)
@@ -152,7 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command=' '.join(['python', 'bench/pickcube_clip_fidelity.py'] + list(argv or sys.argv[1:])),
         machine=f"{os.cpu_count()} CPU cores", clip=CLIP,
         recorded=record(work, args.planner_episodes, args.expert_episodes, args.heldout_planner_episodes,
-                        args.heldout_expert_episodes, args.boundary_expert_episodes, args.render_px),
+                        args.heldout_expert_episodes, args.boundary_expert_episodes, args.render_px,
+                        args.reward_state),
         variants={})
     for name in names:
         result['variants'][name] = evaluate_variant(work, name, args.epochs, args.image_px)

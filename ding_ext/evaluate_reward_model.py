@@ -23,6 +23,7 @@ import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .checkpoint_io import load_checkpoint
+from .joint_speed_gate import sidecar_states
 from .evaluation import (
     CALIBRATION_KEYS, fidelity_report, format_report, score_images, store_calibration, threshold_for_precision
 )
@@ -61,6 +62,8 @@ def build_model_from_checkpoint(path: str, device: str = 'cpu', threshold: float
                **{k: meta[k] for k in NETWORK_KEYS + OPTIONAL_NETWORK_KEYS if k in meta})
     if meta.get('still_motion_threshold') is not None:  # the clip model's still-scene gate is part of its reward
         cfg['still_motion_threshold'] = 'auto'
+    if meta.get('still_joint_speed') is not None:  # and so is the joint-speed gate
+        cfg['still_joint_speed'] = 'auto'
     try:
         return create_reward_model(EasyDict(cfg), device, None)
     except (KeyError, ValueError, OSError, RuntimeError) as e:
@@ -102,7 +105,13 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: Optional[str] = None, t
         raise EvaluationError(str(e)) from e
     out = os.path.abspath(out or os.path.join(os.path.dirname(checkpoint),
                                               f"fidelity_{os.path.basename(os.path.normpath(data))}"))
-    probs = score_images(model, scan.images, batch_size)
+    states = None
+    if getattr(model, 'needs_states', False):  # the joint-speed gate reads each image's recorded reward state
+        try:
+            states = sidecar_states(scan.frames, data)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from e
+    probs = score_images(model, scan.images, batch_size, states)
     frames = scan.frames if any(scan.frames) else None
     common = dict(frames=frames, images=scan.images, files=scan.files, threshold=threshold,
                   target_precision=target_precision, subsets=subsets(scan.frames) if subsets else None,

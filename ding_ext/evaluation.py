@@ -381,13 +381,15 @@ def format_report(report: Mapping[str, Any], groups_at: str = 'chosen') -> str:
 
 
 # ---------------------------------------------------------------------------------------- model I/O
-def score_images(model: Any, images: Any, batch_size: int = 256) -> np.ndarray:
-    """Success probabilities (float32 numpy) of ``images`` with ``model.predict_proba``, in batches."""
+def score_images(model: Any, images: Any, batch_size: int = 256, states: Any = None) -> np.ndarray:
+    """Success probabilities (float32 numpy) of ``images`` with ``model.predict_proba``, in batches (``states``: the
+    robot's reward state per image, for a model that gates on it)."""
     n = len(images)
     if not n:
         raise ValueError("no images to score")
     bs = max(1, int(batch_size))
-    return torch.cat([model.predict_proba(images[i:i + bs]) for i in range(0, n, bs)]).numpy()
+    return torch.cat([model.predict_proba(images[i:i + bs], states=None if states is None else states[i:i + bs])
+                      for i in range(0, n, bs)]).numpy()
 
 
 def calibration_metadata(report: Mapping[str, Any], data: str) -> Dict[str, Any]:

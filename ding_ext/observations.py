@@ -2,7 +2,8 @@
 
 An observations dict holds the reward images under ``images`` (or ``main_images``, the key RLinf's envs use), in
 any layout and dtype ``ding_ext.image_utils.preprocess_images`` accepts, and optionally ``states`` (one row per
-image; image reward models check its length and do not use it). Bare images (an array, a tensor or a list of
+image: the robot's reward state, which a clip model's joint-speed gate reads; other models check its length and do
+not use it). Bare images (an array, a tensor or a list of
 images) are accepted too.
 """
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -42,6 +43,11 @@ def images_from_observations(observations: Any) -> Any:
                 f"{n_images} images; give one state row per image"
             )
     return images
+
+
+def states_from_observations(observations: Any) -> Any:
+    """The ``states`` entry of an observations dict (None when absent, or for bare images)."""
+    return observations.get(STATES_KEY) if isinstance(observations, Mapping) else None
 
 
 def batch_size(images: Any) -> int:

@@ -6,7 +6,7 @@ from ding.reward_model import create_reward_model
 from ding.utils import REWARD_MODEL_REGISTRY
 from easydict import EasyDict
 
-from .observations import TaskDescriptions, images_from_observations
+from .observations import TaskDescriptions, images_from_observations, states_from_observations
 from .reward_models import BaseImageRewardModel
 
 
@@ -61,7 +61,8 @@ class RewardManager:
 
     def compute_probabilities(self, observations: Any) -> torch.Tensor:
         """Success probabilities for an observations dict or bare images."""
-        return self._require_model().predict_proba(images_from_observations(observations))
+        return self._require_model().predict_proba(images_from_observations(observations),
+                                                   states=states_from_observations(observations))
 
     def to_device(self, device: str) -> "RewardManager":
         self._require_model().to_device(device)

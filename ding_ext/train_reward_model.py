@@ -52,6 +52,7 @@ from .distributed import (
 from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by older code)
     binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
 )
+from .joint_speed_gate import auto_joint_gate_keep, gate_training_split, store_joint_speed
 from .motion_gate import calibrate_auto_gate, store_motion_threshold
 from .image_folder_dataset import METADATA_FILE, DataError, ImageFolderDataset, scan_image_folder, split_train_val
 from .train_data import build_loaders, frames_per_episode_subset, write_debug_images
@@ -121,21 +122,27 @@ def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     ``report`` (the ``fidelity_report`` of the best model on the validation split; None without one, and on ranks
     other than 0) and ``report_dir`` (``<save_dir>/fidelity_val``). With ``model.still_motion_threshold='auto'`` (clip
     models) the still-scene gate is calibrated on the data first (``ding_ext.motion_gate.calibrate_auto_gate``), the
-    model trains and validates with it, both checkpoints carry it, and ``motion_gate`` holds the calibration.
+    model trains and validates with it, both checkpoints carry it, and ``motion_gate`` holds the calibration. With
+    ``model.still_joint_speed='auto'`` the joint-speed gate is calibrated on the sidecar's reward states, the model
+    trains and validates on the clips it passes, both checkpoints carry it, and ``joint_speed_gate`` holds it.
 
     Raises ``OptionError`` (a ValueError) for bad options and ``DataError`` (a ValueError) for bad data.
     """
     opts, model_overrides = resolve_options(options)
     data_dir = os.path.abspath(str(data_dir))
     gate = calibrate_auto_gate(data_dir, model_overrides)  # model.still_motion_threshold='auto': a number from here
+    joint_keep = auto_joint_gate_keep(model_overrides)  # model.still_joint_speed='auto': calibrated in _train
     ctx = init_distributed(opts['device'])
     try:
-        result = _train(data_dir, opts, model_overrides, ctx)
-        if gate is not None and ctx.is_main:  # the checkpoints carry the gate, for still_motion_threshold='auto'
-            for path in {result['best_path'], result['last_path']}:
-                if os.path.isfile(path):
-                    result['metadata'].update(store_motion_threshold(path, gate))
-            result['motion_gate'] = gate
+        result = _train(data_dir, opts, model_overrides, ctx, joint_keep)
+        # the checkpoints carry the gates, for still_motion_threshold / still_joint_speed 'auto'
+        for key, calibration, store in (('motion_gate', gate, store_motion_threshold),
+                                        ('joint_speed_gate', result.get('joint_speed_gate'), store_joint_speed)):
+            if calibration is not None and ctx.is_main:
+                for path in {result['best_path'], result['last_path']}:
+                    if os.path.isfile(path):
+                        result['metadata'].update(store(path, calibration))
+                result[key] = calibration
         return result
     finally:
         shutdown(ctx)
@@ -152,7 +159,8 @@ def _build_model(cfg: Mapping[str, Any], ctx: DistContext, writer: Any, scan: An
     return model
 
 
-def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any], ctx: DistContext) -> Dict[str, Any]:
+def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any], ctx: DistContext,
+           joint_keep: Optional[float] = None) -> Dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -169,6 +177,13 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
     if opts['fail_success_ratio'] is not None:
         train_idx = cap_failures(train_idx, scan.labels, float(opts['fail_success_ratio']), opts['seed'])
     train_idx = frames_per_episode_subset(train_idx, scan.frames, scan.episode_ids, opts['frames_per_episode'])
+    joint_gate = None
+    if joint_keep is not None:  # the clips the joint-speed gate passes (ding_ext.joint_speed_gate)
+        try:
+            joint_gate, train_idx, val_idx = gate_training_split(scan.frames, scan.labels, train_idx, val_idx,
+                                                                 joint_keep, data_dir)
+        except ValueError as e:
+            raise DataError(str(e)) from e
     train_set = ImageFolderDataset(scan, train_idx)
     val_set = ImageFolderDataset(scan, val_idx)
     n_pos = int(train_set.labels.sum())
@@ -347,6 +362,7 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
         options=dict(opts),
         model_config=model_overrides,
         report_dir=os.path.join(save_dir, 'fidelity_val') if report is not None else None,
+        joint_speed_gate=joint_gate,
     )
     summary_path = None
     if ctx.is_main:

@@ -8,6 +8,9 @@ import torch
 IMAGE_KEY = "reward_image"
 # where a transition holds the env's per-frame facts for the dataset sidecar (episode id, step, label facts)
 FRAME_INFO_KEY = "frame_info"
+# the key in a transition's ``frame_info`` (and in the dataset sidecar) holding the robot's joint velocities at the
+# reward image's step, for the joint-speed gate of clip reward models
+REWARD_STATE_KEY = "reward_state"
 # where a stored transition keeps its success probability (a ``StoredScore``) for the reward model's ``estimate()``
 SCORE_KEY = "reward_score"
 # keys the learner must not receive (its collate cannot batch images, per-frame dicts of strings or stored scores)

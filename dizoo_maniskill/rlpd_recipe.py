@@ -64,14 +64,15 @@ def record_classifier_data(data_dir: str, planner_episodes: int, expert_episodes
 def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_precision: float = 0.9,
                      precision_confidence: float = 0.95, clip: Optional[Dict[str, Any]] = STILL,
                      still_keep: Optional[float] = STILL_KEEP, image_size: Optional[Sequence[int]] = None,
-                     **options: Any) -> Dict[str, Any]:
+                     joint_keep: Optional[float] = None, **options: Any) -> Dict[str, Any]:
     """The miniature classifier: the reward camera's image at 64 px (``image_size`` [C, H, W] for another input size),
     cosine schedule, last epoch kept; the stored
     threshold is the lowest whose validation precision reaches ``target_precision`` with ``precision_confidence``.
     ``clip`` (``STILL``, ``CLIP``; None for single frames): the data holds clips of ``reward_frames`` frames; train
     ``resnet_video`` on them. ``still_keep`` (clips only): the still-scene gate, calibrated on the data's success clips
     first, so that the validation report and the stored threshold are those of the gated reward (``motion_gate`` in
-    the result)."""
+    the result). ``joint_keep`` (clips recorded with ``reward_state``): the joint-speed gate likewise
+    (``joint_speed_gate`` in the result)."""
     from dizoo_maniskill.config.pickcube_base import RESNET_REWARD
     from ding_ext.train_reward_model import train_reward_model
     opts = dict(epochs=epochs, batch_size=32, lr=3e-4, lr_schedule='cosine', model_selection='last', val_split=0.2,
@@ -85,6 +86,8 @@ def train_classifier(data_dir: str, save_dir: str, epochs: int = 8, target_preci
                       **{f'model.{k}': clip[k] for k in ('num_frames', 'frame_sampling', 'fusion')}})
     if clip and still_keep and int(clip['reward_frames']) >= 2:  # the trainer calibrates it and stores it
         model.update({'model.still_motion_threshold': 'auto', 'model.still_motion_keep': float(still_keep)})
+    if clip and joint_keep:  # the joint-speed gate: calibrated on the data's reward states, trained on what it passes
+        model.update({'model.still_joint_speed': 'auto', 'model.still_joint_speed_keep': float(joint_keep)})
     return train_reward_model(data_dir, **opts, **model)
 
 

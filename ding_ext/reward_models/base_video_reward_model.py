@@ -14,6 +14,8 @@ import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
 from ..image_utils import preprocess_images, to_nchw
+from ..joint_speed_gate import JOINT_SPEED_KEYS, joint_speed
+from ..observations import batch_size
 from ..motion_gate import MOTION_KEYS, last_frame_motion
 from ..networks import FUSIONS, ResNetClassifier
 from ..video_frames import FRAME_SAMPLING, frame_indices, sample_frames, split_filmstrip
@@ -48,12 +50,24 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         # (float) When training with still_motion_threshold='auto': the fraction of the data's success clips the
         # calibrated gate keeps (``ding_ext.motion_gate.calibrate_motion_threshold``).
         still_motion_keep=0.8,
+        # (float|str|None) Joint-speed gate (``ding_ext.joint_speed_gate``): a clip whose robot moves faster than this
+        # (the largest absolute joint velocity of its reward state, rad/s) scores 0. The reward state comes with the
+        # images: observations['states'], or a transition's ``state_key``. 'auto': the still_joint_speed stored in the
+        # checkpoint; when training, calibrated on the training data's sidecar, the classifier trained on the clips it
+        # passes, and stored. None: no gate.
+        still_joint_speed=None,
+        # (float) When training with still_joint_speed='auto': the fraction of the data's success clips the gate keeps.
+        still_joint_speed_keep=1.0,
+        # (str) Where a transition holds its reward state (``ding_ext.transitions.lookup``): the env's frame_info
+        # (ManiSkill and Franka envs with reward_state=True).
+        state_key='frame_info.reward_state',
     )
     config = dict(BaseImageRewardModel.config, type='base_video', **video_config)
 
     def __init__(self, config: Any, device: str = 'cpu', tb_logger: Optional[Any] = None) -> None:
         super().__init__(config, device, tb_logger)
         self.motion_threshold  # still_motion_threshold='auto' without a stored threshold fails here
+        self.joint_speed_threshold  # and still_joint_speed='auto' likewise
 
     def _validate_config(self) -> None:
         super()._validate_config()
@@ -69,6 +83,11 @@ class BaseVideoRewardModel(BaseImageRewardModel):
             raise ValueError(f"still_motion_threshold must be None, 'auto' or a number >= 0, got {t!r}")
         if not 0.0 < float(c.still_motion_keep) <= 1.0:
             raise ValueError(f"still_motion_keep must lie in (0, 1], got {c.still_motion_keep!r}")
+        j = c.still_joint_speed
+        if j is not None and j != 'auto' and not (isinstance(j, (int, float)) and not isinstance(j, bool) and j >= 0):
+            raise ValueError(f"still_joint_speed must be None, 'auto' or a number >= 0 (rad/s), got {j!r}")
+        if not 0.0 < float(c.still_joint_speed_keep) <= 1.0:
+            raise ValueError(f"still_joint_speed_keep must lie in (0, 1], got {c.still_joint_speed_keep!r}")
         if t is not None and int(c.clip_length) < 2:
             raise ValueError("still_motion_threshold compares the last two frames of a clip: it needs clip_length >= 2, "
                              f"got {c.clip_length}")
@@ -87,6 +106,32 @@ class BaseVideoRewardModel(BaseImageRewardModel):
                 "--checkpoint CKPT --data DIR --store` on labelled clips, or set a number")
         return float(value)
 
+    @property
+    def joint_speed_threshold(self) -> Optional[float]:
+        """The joint-speed gate's threshold in rad/s (None: no gate); 'auto' reads it from the loaded checkpoint."""
+        t = self.cfg.still_joint_speed
+        if t != 'auto':
+            return None if t is None else float(t)
+        value = self.loaded_metadata.get('still_joint_speed')
+        if value is None:
+            raise ValueError(
+                f"still_joint_speed='auto' needs a checkpoint with a stored still_joint_speed, but "
+                f"{self.cfg.checkpoint_path or 'no checkpoint'} has none; train with still_joint_speed='auto', run "
+                "`python -m ding_ext.joint_speed_gate --data DIR --checkpoint CKPT --store`, or set a number")
+        return float(value)
+
+    @property
+    def needs_states(self) -> bool:
+        """True when scoring needs the robot's joint velocities with the images (the joint-speed gate is on)."""
+        return self.joint_speed_threshold is not None
+
+    def gate_joint_speed(self, states: Any, probs: torch.Tensor) -> torch.Tensor:
+        """``probs``, 0 where the reward state's largest joint speed exceeds the gate (unchanged without a gate)."""
+        tau = self.joint_speed_threshold
+        if tau is None:
+            return probs
+        return torch.where(joint_speed(states, len(probs)) <= tau, probs, torch.zeros_like(probs))
+
     def gate_still(self, images: Any, probs: torch.Tensor) -> torch.Tensor:
         """``probs`` of the clips ``images``, 0 where the still-scene gate sees motion (unchanged without a gate)."""
         tau = self.motion_threshold
@@ -94,15 +139,20 @@ class BaseVideoRewardModel(BaseImageRewardModel):
             return probs
         return torch.where(last_frame_motion(images, int(self.cfg.clip_length)) <= tau, probs, torch.zeros_like(probs))
 
-    def predict_proba(self, images: Any) -> torch.Tensor:
-        """Success probability per clip; with the still-scene gate, 0 where the last two frames show motion."""
-        return self.gate_still(images, super().predict_proba(images))
+    def predict_proba(self, images: Any, *, states: Any = None) -> torch.Tensor:
+        """Success probability per clip; with the still-scene gate, 0 where the last two frames show motion; with the
+        joint-speed gate, 0 where ``states`` (one row of joint velocities per clip) show a moving robot."""
+        if self.needs_states:  # checked before scoring: a missing state is an error, not a wasted forward pass
+            joint_speed(states, batch_size(images))
+        return self.gate_joint_speed(states, self.gate_still(images, super().predict_proba(images)))
 
     def checkpoint_metadata(self) -> Dict[str, Any]:
         """The base metadata plus the still-scene threshold: the configured one, else the loaded checkpoint's (it
         describes the camera's pixels, not the weights, so it stays valid when the weights train on)."""
         meta = super().checkpoint_metadata()
-        meta.update({k: self.loaded_metadata[k] for k in MOTION_KEYS if k in self.loaded_metadata})
+        meta.update({k: self.loaded_metadata[k] for k in MOTION_KEYS + JOINT_SPEED_KEYS if k in self.loaded_metadata})
+        if self.cfg.still_joint_speed not in (None, 'auto'):
+            meta['still_joint_speed'] = float(self.cfg.still_joint_speed)
         if self.cfg.still_motion_threshold not in (None, 'auto'):  # a configured gate goes with the weights it scored
             meta['still_motion_threshold'] = float(self.cfg.still_motion_threshold)
         return meta

@@ -107,8 +107,12 @@ class ImageScoring:
         """Identifies this model's current weights: it changes with every training step and every load."""
         return self._instance, weights_version(self.network)
 
-    def predict_proba(self, images: Any) -> torch.Tensor:
-        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``.
+    # True for models whose scoring needs the robot's reward state with the images (a clip model's joint-speed gate)
+    needs_states = False
+
+    def predict_proba(self, images: Any, *, states: Any = None) -> torch.Tensor:
+        """Success probability per image, float32 on CPU; batched, under ``torch.inference_mode``. ``states`` (the
+        robot's reward state per image) is for models that gate on it (``needs_states``); others ignore it.
 
         Each batch is moved to the device as it comes (uint8 stays uint8; to a CUDA device through pinned memory,
         overlapping the scoring of the chunk before: ``pinned_upload``), converted, resized and normalised there in

@@ -9,7 +9,8 @@ from typing import Any, Dict
 
 import torch
 
-from ..observations import TaskDescriptions, batch_size, check_task_descriptions, images_from_observations
+from ..observations import (TaskDescriptions, batch_size, check_task_descriptions, images_from_observations,
+                            states_from_observations)
 from ..precision import PRECISIONS, resolve_precision
 
 
@@ -20,13 +21,14 @@ class RewardModelAPI:
         """Scaled model reward per image, shape [B], float32 on CPU: ``scale_reward(apply_threshold(p))``.
 
         ``observations``: a dict with ``images`` or ``main_images`` (any layout and dtype ``preprocess_images``
-        accepts) and optional ``states`` (one row per image; image models do not use them), or bare images.
+        accepts) and optional ``states`` (one row per image: the robot's reward state, which a clip model's joint-speed
+        gate reads; other models do not use them), or bare images.
         ``task_descriptions``: None, one string, or one per image (image models do not use them).
         """
         images = images_from_observations(observations)
         if task_descriptions is not None and not isinstance(task_descriptions, str):
             check_task_descriptions(task_descriptions, batch_size(images))
-        return self.scale_reward(self.compute_rewards(images))
+        return self.scale_reward(self.compute_rewards(images, states=states_from_observations(observations)))
 
     def scale_reward(self, reward: Any) -> torch.Tensor:
         """``reward_weight * reward`` (RLinf's ``alpha``). ``combine`` applies it before adding the env reward."""

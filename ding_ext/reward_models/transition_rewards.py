@@ -38,9 +38,10 @@ class TransitionRewards:
             return env_reward + scaled
         return c.env_reward_weight * env_reward + scaled
 
-    def compute_rewards(self, images: Any) -> torch.Tensor:
-        """Model reward (before combining with the env reward) for a batch of images."""
-        probs = self.predict_proba(images)
+    def compute_rewards(self, images: Any, *, states: Any = None) -> torch.Tensor:
+        """Model reward (before combining with the env reward) for a batch of images (``states``: the robot's reward
+        state per image, for models that gate on it)."""
+        probs = self.predict_proba(images, states=states)
         self._dump_debug(images, probs)
         return self.apply_threshold(probs)
 
@@ -65,6 +66,19 @@ class TransitionRewards:
             )
         return image
 
+    def _state_of(self, transition: Mapping, index: int) -> Any:
+        state = lookup(transition, self.cfg.state_key)
+        if state is None:
+            raise KeyError(
+                f"transition {index} has no reward state at key {self.cfg.state_key!r}: the joint-speed gate "
+                f"(still_joint_speed) needs the robot's joint velocities with each reward image. Make the env emit "
+                f"them (reward_state=True) or set reward_model.state_key; keys present: {sorted(transition.keys())}")
+        return state
+
+    def _score_transitions(self, data: Sequence[Dict[str, Any]], idx: Sequence[int]) -> torch.Tensor:
+        states = [self._state_of(data[i], i) for i in idx] if self.needs_states else None
+        return self._score_images([self._image_of(data[i], i) for i in idx], states)
+
     def transition_probs(self, data: Sequence[Dict[str, Any]], idx: Sequence[int]) -> torch.Tensor:
         """Success probabilities of ``data[i]`` for ``i`` in ``idx``, scored in one batch.
 
@@ -74,7 +88,7 @@ class TransitionRewards:
         """
         version = self.model_version if self.cfg.score_once else None
         if version is None:
-            return self._score_images([self._image_of(data[i], i) for i in idx])
+            return self._score_transitions(data, idx)
         probs: List[float] = [0.0] * len(idx)
         todo: Dict[int, List[int]] = {}  # stored score -> positions in idx (a batch may hold a transition twice)
         for j, i in enumerate(idx):
@@ -85,7 +99,7 @@ class TransitionRewards:
                 todo.setdefault(id(stored), []).append(j)
         if todo:
             first = [js[0] for js in todo.values()]
-            new = self._score_images([self._image_of(data[idx[j]], idx[j]) for j in first]).tolist()
+            new = self._score_transitions(data, [idx[j] for j in first]).tolist()
             for js, p in zip(todo.values(), new):
                 stored = data[idx[js[0]]][SCORE_KEY]
                 stored.prob, stored.version = p, version
@@ -93,8 +107,8 @@ class TransitionRewards:
                     probs[j] = p
         return torch.tensor(probs, dtype=torch.float32)
 
-    def _score_images(self, images: List[Any]) -> torch.Tensor:
-        probs = self.predict_proba(images)
+    def _score_images(self, images: List[Any], states: Any = None) -> torch.Tensor:
+        probs = self.predict_proba(images, states=states)
         self._dump_debug(images, probs)
         return probs
 

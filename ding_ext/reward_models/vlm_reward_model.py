@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
-from ..observations import TaskDescriptions, batch_size, check_task_descriptions, images_from_observations
+from ..joint_speed_gate import joint_speed
+from ..observations import (TaskDescriptions, batch_size, check_task_descriptions, images_from_observations,
+                            states_from_observations)
 from ..precision import PRECISIONS, resolve_precision
 from .base_video_reward_model import BaseVideoRewardModel
 
@@ -204,14 +206,17 @@ class VLMRewardModel(BaseVideoRewardModel):
             out['pixel_values'] = out['pixel_values'].to(self.dtype)
         return out
 
-    def predict_proba(self, images: Any, task_descriptions: TaskDescriptions = None) -> torch.Tensor:
+    def predict_proba(self, images: Any, task_descriptions: TaskDescriptions = None, *,
+                      states: Any = None) -> torch.Tensor:
         """Success probability per clip, float32 on CPU; ``task_descriptions`` (one string, or one per clip)
-        replaces the configured ``task_description`` in the prompt."""
+        replaces the configured ``task_description`` in the prompt; ``states`` feed the joint-speed gate."""
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3:
             images = images[None]  # one HWC filmstrip
         n = batch_size(images)
         if n == 0:
             raise ValueError("empty image batch: no images to score")
+        if self.needs_states:
+            joint_speed(states, n)
         prompts = self.chat_prompts(task_descriptions, n)
         step = int(self.cfg.inference_batch_size)
         out = []
@@ -220,11 +225,12 @@ class VLMRewardModel(BaseVideoRewardModel):
                 inputs = self.model_inputs(images[i:i + step], prompts[i:i + step])
                 logits = self.network(**inputs, logits_to_keep=1).logits[:, -1]
                 out.append(self.answer_probability(logits).cpu())
-        return self.gate_still(images, torch.cat(out))
+        return self.gate_joint_speed(states, self.gate_still(images, torch.cat(out)))
 
-    def compute_rewards(self, images: Any, task_descriptions: TaskDescriptions = None) -> torch.Tensor:
+    def compute_rewards(self, images: Any, task_descriptions: TaskDescriptions = None, *,
+                        states: Any = None) -> torch.Tensor:
         """Model reward (before combining with the env reward) for a batch of clips."""
-        probs = self.predict_proba(images, task_descriptions)
+        probs = self.predict_proba(images, task_descriptions, states=states)
         self._dump_debug(images, probs)
         return self.apply_threshold(probs)
 
@@ -232,7 +238,8 @@ class VLMRewardModel(BaseVideoRewardModel):
         """RLinf's call: scaled model reward per clip for an observations dict (``images`` / ``main_images``) or bare
         clips; ``task_descriptions`` (one string, or one per clip) go into the prompts."""
         images = images_from_observations(observations)
-        return self.scale_reward(self.compute_rewards(images, task_descriptions))
+        return self.scale_reward(self.compute_rewards(images, task_descriptions,
+                                                      states=states_from_observations(observations)))
 
     def to_device(self, device: Any = None) -> "VLMRewardModel":
         """Move the model to ``device`` in the precision chosen for it there ('auto' may choose another)."""

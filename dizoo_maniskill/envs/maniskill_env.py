@@ -24,6 +24,7 @@ from ding.envs import BaseEnvTimestep
 from ding.utils import ENV_REGISTRY
 
 from ding_ext.configured_env import ConfiguredEnv
+from ding_ext.transitions import REWARD_STATE_KEY
 from ding_ext.video_frames import FrameHistory
 
 REWARD_RENDER_MODES = ('episode_end', 'every_step', 'none')
@@ -87,6 +88,10 @@ class ManiSkillEnv(ConfiguredEnv):
         reward_frames=1,
         # (int) Env steps between the frames of a clip.
         reward_frame_stride=1,
+        # (bool) Add the robot's arm joint velocities (rad/s, fingers excluded; a list) at each reward image's step to
+        # its ``frame_info`` as ``reward_state``: what the joint-speed gate of clip reward models
+        # (``still_joint_speed``) reads, as a real robot reads its joint encoders. Recorded into the dataset sidecar.
+        reward_state=False,
         # (bool) Show the task's hidden goal markers (PickCube: the green goal sphere) in the reward image.
         show_goal_site=False,
         # (bool) End the episode when the task succeeds (ManiSkill's own termination). False: every episode runs
@@ -323,7 +328,7 @@ class ManiSkillEnv(ConfiguredEnv):
         The boolean flags of ManiSkill's ``evaluate()`` (PickCube: ``is_obj_placed``, ``is_robot_static``,
         ``is_grasped``); ``arm_speed``, the largest arm joint speed (rad/s) that ``is_robot_static`` thresholds
         (PickCube: 0.2), and ``arm_qpos``, the arm's joint positions (rad; what an ideal observer of the frames could
-        know); for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
+        know); with ``reward_state`` the arm joint velocities as ``reward_state``; for tasks with a ``cube`` and a ``goal_site`` the cube-to-goal distance in metres
         and a ``phase``: at_goal_static (success) | at_goal_moving (cube at the goal, arm moving: a
         single frame cannot tell) | near_goal (within 5 cm) | transport (grasped) | approach."""
         facts: Dict[str, Any] = {}
@@ -339,6 +344,8 @@ class ManiSkillEnv(ConfiguredEnv):
             qvel = robot.get_qvel().reshape(-1).cpu().numpy()[:-2]
             facts['arm_speed'] = float(np.abs(qvel).max()) if qvel.size else 0.0  # unrounded: compared with 0.2
             facts['arm_qpos'] = [round(float(q), 6) for q in robot.get_qpos().reshape(-1).cpu().numpy()[:-2]]
+            if self._cfg.reward_state:
+                facts[REWARD_STATE_KEY] = [round(float(v), 6) for v in qvel]
         if hasattr(base, 'cube') and hasattr(base, 'goal_site'):
             dist = float(np.linalg.norm((base.goal_site.pose.p - base.cube.pose.p).reshape(-1).cpu().numpy()))
             facts['cube_goal_dist'] = round(dist, 5)

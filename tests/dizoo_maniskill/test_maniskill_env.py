@@ -339,3 +339,36 @@ def test_evaluator_envs_render_no_reward_images():
     assert not env.renders_every_step
     assert ManiSkillEnv.create_collector_env_cfg(dict(reward_render_mode='every_step'))[0]['reward_render_mode'] \
         == 'every_step'
+
+
+def test_reward_state_is_the_arm_joint_velocities_and_feeds_the_joint_speed_gate():
+    """reward_state=True: each reward image's frame_info carries the arm's joint velocities (fingers excluded), whose
+    largest magnitude is what ManiSkill's is_static(0.2) compares; a clip model with the joint-speed gate reads them
+    from the transitions and scores 0 exactly where the env says the robot moves."""
+    from tests.ding_ext.helpers import force_probability
+    from tests.ding_ext.test_video_reward_model import make_video_model
+    env = make_env(seed=3, max_episode_steps=12, image_size=[3, 32, 32], reward_render_mode='every_step',
+                   reward_frames=2, reward_state=True)
+    env.reset()
+    actions = [np.zeros(8, np.float32)] * 6 + [np.array([1, -1, 1, -1, 1, -1, 1, 0], np.float32)] * 6
+    transitions = []
+    for a in actions:
+        ts = env.step(a)
+        transitions.append(dict(reward_image=ts.info['reward_image'], frame_info=ts.info['frame_info'],
+                                reward=ts.reward, done=ts.done))
+    env.close()
+    infos = [t['frame_info'] for t in transitions]
+    for f in infos:
+        assert len(f['reward_state']) == 7 and all(isinstance(v, float) for v in f['reward_state'])
+        assert abs(max(abs(v) for v in f['reward_state']) - f['arm_speed']) < 1e-5
+    static = [f['is_robot_static'] for f in infos]
+    assert any(static) and not all(static)  # held still, then driven
+    model = make_video_model(clip_length=2, num_frames=1, frame_sampling='last', still_joint_speed=0.2,
+                             reward_mode='per_step', combine_mode='replace')
+    force_probability(model, 0.9)
+    rewards = [float(t['reward'].reshape(-1)[0]) for t in model.estimate(transitions)]
+    assert rewards == [1.0 if s else 0.0 for s in static]
+    plain = make_env(image_size=[3, 32, 32], reward_render_mode='every_step')  # off by default
+    plain.reset()
+    assert 'reward_state' not in plain.step(np.zeros(8, np.float32)).info['frame_info']
+    plain.close()
