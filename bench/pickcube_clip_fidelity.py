@@ -85,15 +85,16 @@ def record(work: str, planner: int, expert: int, heldout_planner: int, heldout_e
     return out
 
 
-def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> Dict[str, Any]:
+def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64, seed: int = 0) -> Dict[str, Any]:
     from ding_ext.evaluate_reward_model import evaluate_checkpoint
     from dizoo_maniskill import rlpd_recipe as recipe
     from entry.demo import unambiguous_mask
     k, sampling, fusion, gate = VARIANTS[name]
-    save = os.path.join(work, 'models', name if image_px == 64 else f'{name}_{image_px}px')
+    folder = (name if image_px == 64 else f'{name}_{image_px}px') + (f'_seed{seed}' if seed else '')
+    save = os.path.join(work, 'models', folder)
     best = os.path.join(save, 'best_model.safetensors')
     row: Dict[str, Any] = dict(num_frames=k, frame_sampling=sampling, fusion=fusion, gate=gate, epochs=epochs,
-                               image_px=image_px)
+                               image_px=image_px, seed=seed)
     if os.path.isfile(best):  # trained by an earlier run: evaluated again, not retrained
         row['trained_by_earlier_run'] = True
     else:
@@ -101,7 +102,7 @@ def evaluate_variant(work: str, name: str, epochs: int, image_px: int = 64) -> D
         result = recipe.train_classifier(os.path.join(work, 'train'), save, epochs=epochs, clip=dict(
             recipe.CLIP, num_frames=k, frame_sampling=sampling, fusion=fusion),
             still_keep=recipe.STILL_KEEP if gate == 'pixel' else None, joint_keep=1.0 if gate == 'joint' else None,
-            image_size=[3, image_px, image_px])
+            image_size=[3, image_px, image_px], seed=seed)
         best = result['best_path']
         row['train_seconds'] = round(time.time() - t, 1)
         row['motion_gate'] = result.get('motion_gate')
@@ -140,6 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="the reward camera's resolution when recording (a work dir holds one resolution)")
     p.add_argument('--reward-state', action='store_true',
                    help="record each clip's arm joint velocities (the env's reward_state), for the *_joint variants")
+    p.add_argument('--seed', type=int, default=0, help="the trainer's seed (split, initial weights, sampling order); "
+                   "a nonzero seed trains into models/<name>_seed<n>")
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'bench', 'work', 'clip_fidelity'))
     p.add_argument('--planner-episodes', type=int, default=28)
     p.add_argument('--expert-episodes', type=int, default=60)
@@ -165,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         args.reward_state),
         variants={})
     for name in names:
-        result['variants'][name] = evaluate_variant(work, name, args.epochs, args.image_px)
+        result['variants'][name] = evaluate_variant(work, name, args.epochs, args.image_px, args.seed)
         write_json_atomic(args.out, result)
         print(name, json.dumps(result['variants'][name], indent=1), flush=True)
     print(f"wrote {args.out}")

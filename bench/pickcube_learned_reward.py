@@ -12,7 +12,8 @@ final level within 1.5x its steps). Writes ``bench/results/pickcube_learned_rewa
 
 The classifier (planner and expert episodes with hard negatives, recorded with the RL env's reward camera) and the demos are
 made once and cached in ``--work-dir``, one set per ``--reward``: ``still`` (the recipe's: the last of the env's 2 frames,
-with the still-scene gate of ``ding_ext.motion_gate`` on both), ``frame`` (single frames) or ``clip`` (2 of 5 frames).
+with the still-scene gate of ``ding_ext.motion_gate`` on both), ``frame`` (single frames), ``clip`` (2 of 5 frames) or
+``joint`` (the last 2 frames, with the joint-speed gate of ``ding_ext.joint_speed_gate`` on the arm's joint velocities).
 
     python bench/pickcube_learned_reward.py                                   # all arms, 40k steps, seed 0
     python bench/pickcube_learned_reward.py --arms frozen --budget-steps 6000  # one arm, about 10 minutes
@@ -31,8 +32,10 @@ if ROOT not in sys.path:
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 
 
-# --reward: the clip settings (rlpd_recipe) and whether the still-scene gate is calibrated; folder suffix
-REWARDS = dict(still=('STILL', True, '_still2'), frame=(None, False, ''), clip=('CLIP', False, '_clip5'))
+# --reward: the clip settings (rlpd_recipe), the gate calibrated with the classifier (pixel: the still-scene gate;
+# joint: the joint-speed gate, with the env's reward_state), folder suffix
+REWARDS = dict(still=('STILL', 'pixel', '_still2'), frame=(None, None, ''), clip=('CLIP', None, '_clip5'),
+               joint=('JOINT', 'joint', '_joint2'))
 
 
 def prepare(work_dir: str, planner_episodes: int, expert_episodes: int, demo_episodes: int, epochs: int,
@@ -45,7 +48,7 @@ def prepare(work_dir: str, planner_episodes: int, expert_episodes: int, demo_epi
     clip_name, gate, suffix = REWARDS[reward]
     clip_cfg = getattr(recipe, clip_name) if clip_name else None
     env_cfg = recipe.env_config(**({k: clip_cfg[k] for k in ('reward_frames', 'reward_frame_stride')} if clip_cfg
-                                   else dict(reward_frames=1)))
+                                   else dict(reward_frames=1)), reward_state=gate == 'joint')
     # one folder per source (a folder is resumed, never mixed); the first demo_episodes episodes by seed are used
     out: Dict[str, Any] = dict(demo_dir=os.path.join(work_dir, f'demos_{demo_source}{suffix}'), demo_source=demo_source,
                                reward=reward, clip=clip_cfg)
@@ -58,13 +61,16 @@ def prepare(work_dir: str, planner_episodes: int, expert_episodes: int, demo_epi
         data = os.path.join(work_dir, f'classifier_data{suffix}')
         out['classifier_data'] = recipe.record_classifier_data(data, planner_episodes, expert_episodes, env_cfg)
         result = recipe.train_classifier(data, os.path.dirname(ckpt), epochs=epochs, clip=clip_cfg,
-                                         still_keep=recipe.STILL_KEEP if gate else None)
+                                         still_keep=recipe.STILL_KEEP if gate == 'pixel' else None,
+                                         joint_keep=1.0 if gate == 'joint' else None)
         out['classifier_seconds'] = round(time.time() - t, 1)
         out['motion_gate'] = result.get('motion_gate')
+        out['joint_speed_gate'] = result.get('joint_speed_gate')
         ckpt = result['best_path']
     meta = load_checkpoint(ckpt)[1]
     out.update(checkpoint=ckpt, threshold=meta.get('calibrated_threshold'),
                still_motion_threshold=meta.get('still_motion_threshold'),
+               still_joint_speed=meta.get('still_joint_speed'),
                validation=dict(precision=meta.get('calibration_precision'), recall=meta.get('calibration_recall')))
     return out
 
@@ -184,7 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--reward', choices=sorted(REWARDS), default='still',
                    help="still: the classifier sees the current frame and the still-scene gate the last two (the "
                         "recipe's reward); frame: the current frame only; clip: the first and last of the env's last "
-                        "5 frames (rlpd_recipe.CLIP)")
+                        "5 frames (rlpd_recipe.CLIP); joint: the env's last 2 frames with the joint-speed gate on "
+                        "the arm's joint velocities (rlpd_recipe.JOINT)")
     p.add_argument('--out', default=os.path.join(RESULTS, 'pickcube_learned_reward.json'))
     p.add_argument('--combine', nargs='+', metavar='JSON',
                    help="write --out from the runs of these result files (arms run as parallel processes) and exit")

@@ -8,6 +8,8 @@ trains on them. Each episode file has, for T steps:
   ``done`` (T,) bool, ``success`` (T,) bool (the env's success flag after the step);
 - optionally ``image`` (K, H, W, 3) uint8 with ``image_step`` (K,) int: the reward-camera frames after
   steps ``image_step`` (every step for a per-step learned reward, the last one for a terminal reward);
+- optionally ``reward_state`` (K, J) float32 with ``image``: the robot's joint velocities at each of those frames
+  (envs with ``reward_state``), which the transitions' ``frame_info`` carry for a clip model's joint-speed gate;
 - optionally ``reset_image`` (H, W, 3) uint8: the frame of the reset observation. With it and a frame after every
   step, the episode also gives image observations (``load_demo_transitions(obs_image=True)``): the image of obs
   ``t`` is the frame after step ``t - 1`` (the reset frame for ``t = 0``), that of ``next_obs`` ``t`` the frame after
@@ -28,7 +30,7 @@ import torch
 from .checkpoint_io import atomic_write, check_metadata, write_json_atomic
 from .image_folder_dataset import METADATA_FILE, read_metadata
 from .image_utils import resize_rgb
-from .transitions import FRAME_INFO_KEY, IMAGE_KEY, strip_images
+from .transitions import FRAME_INFO_KEY, IMAGE_KEY, REWARD_STATE_KEY, strip_images
 
 REQUIRED_KEYS = ('obs', 'next_obs', 'action', 'reward', 'done', 'success')
 
@@ -48,6 +50,8 @@ def write_episode(demo_dir: str, name: str, episode: Mapping[str, Any]) -> str:
         raise ValueError(f"demo episode {name!r}: arrays of different lengths {lengths}")
     if ('image' in arrays) != ('image_step' in arrays):
         raise ValueError(f"demo episode {name!r}: 'image' and 'image_step' go together")
+    if 'reward_state' in arrays and ('image' not in arrays or len(arrays['reward_state']) != len(arrays['image'])):
+        raise ValueError(f"demo episode {name!r}: 'reward_state' needs one row per 'image' frame")
     if 'reset_image' in arrays and ('image' not in arrays or arrays['reset_image'].shape != arrays['image'].shape[1:]):
         raise ValueError(f"demo episode {name!r}: 'reset_image' needs 'image' frames of the same shape")
     os.makedirs(demo_dir, exist_ok=True)
@@ -117,9 +121,11 @@ def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '', obs_i
     """DI-engine transitions (the keys an off-policy learner reads) with the reward image where one was recorded;
     with ``obs_image`` the observations are ``dict(state, image)`` (``observation_images``; ``next_obs`` of step t
     and ``obs`` of step t + 1 share their image)."""
-    images = {}
+    images, states = {}, {}
     if 'image' in episode:
         images = {int(s): img for s, img in zip(episode['image_step'], episode['image'])}
+        if 'reward_state' in episode:
+            states = {int(s): [float(v) for v in row] for s, row in zip(episode['image_step'], episode['reward_state'])}
     obs_images = observation_images(episode, name, obs_image_size) if obs_image else None
     for t in range(len(episode['obs'])):
         obs, next_obs = _tensor(episode['obs'][t]), _tensor(episode['next_obs'][t])
@@ -132,6 +138,8 @@ def episode_transitions(episode: Mapping[str, np.ndarray], name: str = '', obs_i
         if t in images:
             tr[IMAGE_KEY] = images[t]
             tr[FRAME_INFO_KEY] = dict(episode_id=f'demo-{name}', step=t + 1, source='demo')
+            if t in states:
+                tr[FRAME_INFO_KEY][REWARD_STATE_KEY] = states[t]
         yield tr
 
 

@@ -7,6 +7,7 @@
   whatever the process count, which is what lets 2 processes reproduce the weights of 1.
 * ``shard_positions``: the validation split dealt to the processes in equal shares (padded), for sharded evaluation.
 * ``frames_per_episode_subset``: at most N evenly spaced frames of each training episode.
+* ``training_split``: the training and validation indices of a scanned folder (split, caps, joint-speed gate).
 * ``build_loaders``: the training and validation ``DataLoader`` of one process (workers, pinned memory).
 * ``write_debug_images``: the images as the network sees them, for a look before training.
 """
@@ -126,6 +127,39 @@ def frames_per_episode_subset(indices: Sequence[int], frames: Sequence[Dict[str,
             members = [members[j] for j in np.unique(np.round(np.linspace(0, len(members) - 1, limit)).astype(int))]
         kept += members
     return sorted(kept)
+
+
+def cap_failures(indices: Sequence[int], labels: Sequence[int], ratio: float, seed: int) -> List[int]:
+    """``indices`` with at most ``ceil(ratio * successes)`` failures (a seeded subsample), in their order."""
+    labels = np.asarray(labels)
+    failures = [i for i in indices if labels[i] == 0]
+    keep = int(np.ceil(ratio * (len(indices) - len(failures))))
+    if len(failures) <= keep:
+        return list(indices)
+    kept = set(np.random.default_rng(seed).choice(failures, size=keep, replace=False).tolist())
+    return [i for i in indices if labels[i] == 1 or i in kept]
+
+
+def training_split(scan: Any, opts: Mapping[str, Any], joint_keep: Optional[float], data_dir: str):
+    """The trainer's (train indices, validation indices, joint-speed calibration or None) of a scanned folder: split
+    by episode where the sidecar has ids, failures capped (``fail_success_ratio``), at most ``frames_per_episode``
+    per training episode, and with ``joint_keep`` only the clips the calibrated joint-speed gate passes
+    (``ding_ext.joint_speed_gate``)."""
+    from .image_folder_dataset import split_train_val
+    from .joint_speed_gate import gate_training_split
+    train_idx, val_idx = split_train_val(scan.files, scan.labels, opts['val_split'], opts['seed'],
+                                         groups=scan.episode_ids)
+    if opts['fail_success_ratio'] is not None:
+        train_idx = cap_failures(train_idx, scan.labels, float(opts['fail_success_ratio']), opts['seed'])
+    train_idx = frames_per_episode_subset(train_idx, scan.frames, scan.episode_ids, opts['frames_per_episode'])
+    if joint_keep is None:
+        return train_idx, val_idx, None
+    try:
+        gate, train_idx, val_idx = gate_training_split(scan.frames, scan.labels, train_idx, val_idx, joint_keep,
+                                                       data_dir)
+    except ValueError as e:
+        raise DataError(str(e)) from e
+    return train_idx, val_idx, gate
 
 
 def default_num_workers(num_workers: Optional[int], cache_images: bool) -> int:

@@ -52,10 +52,12 @@ from .distributed import (
 from .evaluation import (  # noqa: F401  (binary_metrics: imported from here by older code)
     binary_metrics, evaluate, fidelity_report, report_summary, score_images, store_calibration
 )
-from .joint_speed_gate import auto_joint_gate_keep, gate_training_split, store_joint_speed
+from .joint_speed_gate import auto_joint_gate_keep, store_joint_speed
 from .motion_gate import calibrate_auto_gate, store_motion_threshold
-from .image_folder_dataset import METADATA_FILE, DataError, ImageFolderDataset, scan_image_folder, split_train_val
-from .train_data import build_loaders, frames_per_episode_subset, write_debug_images
+from .image_folder_dataset import METADATA_FILE, DataError, ImageFolderDataset, scan_image_folder
+from .train_data import (  # noqa: F401  (cap_failures: imported from here by older code)
+    build_loaders, cap_failures, training_split, write_debug_images
+)
 from .train_options import (  # noqa: F401  (re-exported: the trainer's public option API)
     OVERRIDE_ALIASES, TRAIN_OPTIONS, OptionError, accumulation_steps, merge_env_metadata, parse_overrides,
     parse_value, resolve_options
@@ -97,17 +99,6 @@ def _fidelity_on_val(model: Any, scan: Any, val_set: ImageFolderDataset, val_idx
 
 
 # ---------------------------------------------------------------------------------------- training
-def cap_failures(indices: Sequence[int], labels: Sequence[int], ratio: float, seed: int) -> List[int]:
-    """``indices`` with at most ``ceil(ratio * successes)`` failures (a seeded subsample), in their order."""
-    labels = np.asarray(labels)
-    failures = [i for i in indices if labels[i] == 0]
-    keep = int(np.ceil(ratio * (len(indices) - len(failures))))
-    if len(failures) <= keep:
-        return list(indices)
-    kept = set(np.random.default_rng(seed).choice(failures, size=keep, replace=False).tolist())
-    return [i for i in indices if labels[i] == 1 or i in kept]
-
-
 def train_reward_model(data_dir: str, **options: Any) -> Dict[str, Any]:
     """Train a reward model on ``<data_dir>/success`` and ``<data_dir>/failure``; see the module doc.
 
@@ -172,18 +163,7 @@ def _train(data_dir: str, opts: Dict[str, Any], model_overrides: Dict[str, Any],
     # -- data (every process reads the folder; the split and the sampling order depend on the seed only)
     t0 = time.time()
     scan = scan_image_folder(data_dir, cache=bool(opts['cache_images']))
-    train_idx, val_idx = split_train_val(scan.files, scan.labels, opts['val_split'], opts['seed'],
-                                         groups=scan.episode_ids)  # by episode when the sidecar has ids
-    if opts['fail_success_ratio'] is not None:
-        train_idx = cap_failures(train_idx, scan.labels, float(opts['fail_success_ratio']), opts['seed'])
-    train_idx = frames_per_episode_subset(train_idx, scan.frames, scan.episode_ids, opts['frames_per_episode'])
-    joint_gate = None
-    if joint_keep is not None:  # the clips the joint-speed gate passes (ding_ext.joint_speed_gate)
-        try:
-            joint_gate, train_idx, val_idx = gate_training_split(scan.frames, scan.labels, train_idx, val_idx,
-                                                                 joint_keep, data_dir)
-        except ValueError as e:
-            raise DataError(str(e)) from e
+    train_idx, val_idx, joint_gate = training_split(scan, opts, joint_keep, data_dir)
     train_set = ImageFolderDataset(scan, train_idx)
     val_set = ImageFolderDataset(scan, val_idx)
     n_pos = int(train_set.labels.sum())

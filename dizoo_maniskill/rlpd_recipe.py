@@ -34,6 +34,11 @@ CLIP = dict(reward_frames=5, reward_frame_stride=1, num_frames=2, frame_sampling
 # clips through; a single-frame classifier called 26 of 57 "at the goal, still moving" frames a success)
 STILL = dict(reward_frames=2, reward_frame_stride=1, num_frames=1, frame_sampling='last', fusion='early')
 STILL_KEEP = 0.8
+# the reward that reads the robot's own joint velocities for "robot static" (ding_ext.joint_speed_gate; the env's
+# reward_state): the classifier sees the env's last 2 frames and judges the scene; the gate, calibrated on the
+# training data's success clips, zeroes every clip whose arm moves. On held-out clips of unseen seeds (128 px, 264
+# episodes) it reached precision 0.98 / recall 0.98 on all frames, the "cube at the goal, arm moving" ones included.
+JOINT = dict(reward_frames=2, reward_frame_stride=1, num_frames=2, frame_sampling='last', fusion='early')
 # the co-trained arm: the classifier trains on the run's own frames (labelled by env success) every 16 collect
 # iterations (1,024 env steps), 160 BCE steps each (10 per iteration on average); between trainings the replay buffer's
 # stored probabilities stay valid, so it is scored again once per training, not after every collect iteration
@@ -134,10 +139,13 @@ def arm_config(arm: str, exp_name: str, demo_dir: str, checkpoint: Optional[str]
         rm.update(type='resnet_video', **{k: meta[k] for k in VIDEO_KEYS if k in meta})
         # the checkpoint's still-scene gate (ding_ext.motion_gate), or none
         rm.still_motion_threshold = 'auto' if meta.get('still_motion_threshold') is not None else None
+        # and its joint-speed gate (ding_ext.joint_speed_gate), read from the joint velocities the env emits
+        rm.still_joint_speed = 'auto' if meta.get('still_joint_speed') is not None else None
+        main.env.reward_state = rm.still_joint_speed is not None
         main.env.update({k: meta[k] for k in ('reward_frames', 'reward_frame_stride') if k in meta})
     else:  # a single-frame classifier: single frames
         rm.type = 'resnet'
-        for k in VIDEO_KEYS + ('still_motion_threshold',):
+        for k in VIDEO_KEYS + ('still_motion_threshold', 'still_joint_speed'):
             rm.pop(k, None)
         main.env.update(reward_frames=1, reward_frame_stride=1)
     create.reward_model.type = rm.type

@@ -6,7 +6,7 @@ env's ``reward_frames`` frames side by side, oldest first), so collection, datas
 report handle clips as they handle frames. The model picks ``num_frames`` of the clip's ``clip_length`` frames
 (``sample_frames``), preprocesses each like a single image (crop, resize, normalise) and stacks them on channels.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from ding.utils import REWARD_MODEL_REGISTRY
 from ..image_utils import preprocess_images, to_nchw
 from ..joint_speed_gate import JOINT_SPEED_KEYS, joint_speed
 from ..observations import batch_size
+from ..transitions import lookup
 from ..motion_gate import MOTION_KEYS, last_frame_motion
 from ..networks import FUSIONS, ResNetClassifier
 from ..video_frames import FRAME_SAMPLING, frame_indices, sample_frames, split_filmstrip
@@ -131,6 +132,15 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         if tau is None:
             return probs
         return torch.where(joint_speed(states, len(probs)) <= tau, probs, torch.zeros_like(probs))
+
+    def collect_data(self, data: List[Dict[str, Any]]) -> None:
+        """As for single frames; with the joint-speed gate, only the clips it passes are kept (the classifier learns
+        what the gated reward scores: a moving robot scores 0 whatever the image shows)."""
+        if self.cfg.cooptrain_reward and self.needs_states:
+            tau = self.joint_speed_threshold
+            data = [t for i, t in enumerate(data) if lookup(t, self.cfg.image_key) is None
+                    or float(joint_speed([self._state_of(t, i)], 1)[0]) <= tau]
+        super().collect_data(data)
 
     def gate_still(self, images: Any, probs: torch.Tensor) -> torch.Tensor:
         """``probs`` of the clips ``images``, 0 where the still-scene gate sees motion (unchanged without a gate)."""

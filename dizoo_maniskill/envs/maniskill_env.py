@@ -341,7 +341,7 @@ class ManiSkillEnv(ConfiguredEnv):
         robot = getattr(getattr(base, 'agent', None), 'robot', None)
         if robot is not None and hasattr(base.agent, 'is_static'):
             # what ManiSkill's is_static(threshold) compares: the largest arm joint speed (rad/s; fingers excluded)
-            qvel = robot.get_qvel().reshape(-1).cpu().numpy()[:-2]
+            qvel = self.arm_joint_velocities()
             facts['arm_speed'] = float(np.abs(qvel).max()) if qvel.size else 0.0  # unrounded: compared with 0.2
             facts['arm_qpos'] = [round(float(q), 6) for q in robot.get_qpos().reshape(-1).cpu().numpy()[:-2]]
             if self._cfg.reward_state:
@@ -362,6 +362,12 @@ class ManiSkillEnv(ConfiguredEnv):
                 phase = 'approach'
             facts['phase'] = phase
         return facts
+
+    def arm_joint_velocities(self) -> np.ndarray:
+        """The arm's joint velocities (rad/s, the two finger joints excluded), float32: what ManiSkill's
+        ``is_static`` compares and what ``reward_state`` emits."""
+        qvel = self._env.unwrapped.agent.robot.get_qvel().reshape(-1).cpu().numpy()[:-2]
+        return np.asarray(qvel, dtype=np.float32)
 
     def _to_obs(self, obs: Any) -> np.ndarray:
         return np.asarray(obs[0].cpu().numpy(), dtype=np.float32).reshape(-1)

@@ -26,7 +26,8 @@ CONVERTIBLE_MODES = ('pd_ee_delta_pos', 'pd_ee_delta_pose', 'pd_joint_delta_pos'
 
 
 class _TransitionRecorder(gymnasium.Wrapper):
-    """Records (obs, action, reward, next_obs, success, image) for every step taken through it."""
+    """Records (obs, action, reward, next_obs, success, image and, with the env's ``reward_state``, the arm's joint
+    velocities) for every step taken through it."""
 
     def __init__(self, env: ManiSkillEnv, first_obs: Any, with_images: bool) -> None:
         super().__init__(env.unwrapped_env)
@@ -44,6 +45,8 @@ class _TransitionRecorder(gymnasium.Wrapper):
                    next_obs=next_obs, success=bool(_item(info['success'])))
         if self.with_images:
             row['image'] = self.ms_env.render_reward_image()
+            if self.ms_env._cfg.reward_state:  # the joint velocities the joint-speed gate reads with the image
+                row['reward_state'] = self.ms_env.arm_joint_velocities()
         self.rows.append(row)
         self.obs = next_obs
         return out
@@ -106,6 +109,8 @@ def _episode_arrays(rows: List[Dict[str, Any]], seed: int, with_images: bool) ->
     if with_images:
         episode['image'] = np.stack([r['image'] for r in rows])
         episode['image_step'] = np.arange(len(rows))
+        if 'reward_state' in rows[0]:
+            episode['reward_state'] = np.stack([r['reward_state'] for r in rows])
     return episode
 
 

@@ -108,6 +108,19 @@ def test_gate_zeroes_moving_clips_through_every_entry_and_survives_the_checkpoin
     assert not plain.needs_states and plain.predict_proba(clips)[1] > 0.8
 
 
+def test_co_training_keeps_only_the_clips_the_gate_passes():
+    model = make_video_model(**GATED, still_joint_speed=0.2)
+    clips = [_clip(i, True) for i in range(4)]
+    speeds = [0.05, 0.6, 0.19, 0.9]
+    data = [dict(reward_image=c, success=bool(i % 2 == 0), frame_info=dict(reward_state=[s, -s / 2]))
+            for i, (c, s) in enumerate(zip(clips, speeds))]
+    data.append(dict(obs=np.zeros(3), success=False))  # no image: not a training example, no state needed
+    model.collect_data(data)
+    assert len(model.success_images) == 2 and len(model.failure_images) == 0  # the moving clips stay out
+    with pytest.raises(KeyError, match="no reward state"):
+        model.collect_data([dict(reward_image=clips[0], success=True)])
+
+
 def test_evaluation_reads_the_sidecar_states_and_names_data_without_them(tmp_path):
     from ding_ext.evaluate_reward_model import EvaluationError, evaluate_checkpoint
     data = str(tmp_path / 'clips')

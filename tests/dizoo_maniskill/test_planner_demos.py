@@ -92,3 +92,20 @@ def test_scripted_expert_demos_succeed_and_hold(tmp_path):
                      progress=False, source='scripted')
     with pytest.raises(ValueError, match='demo source'):
         record_demos(root, [500000], ENV_CFG, progress=False, source='teleop')
+
+
+def test_scripted_demos_with_reward_state_carry_the_joint_velocities_to_the_transitions(tmp_path):
+    """With the env's reward_state, each demo frame keeps the arm's joint velocities, and the demo transitions carry
+    them in frame_info, where a joint-speed-gated reward model reads them."""
+    from ding_ext.demo_episodes import load_demo_transitions
+    root = str(tmp_path / 'scripted_state')
+    cfg = dict(ENV_CFG, reward_state=True, reward_frames=2)
+    assert record_demos(root, [500000], cfg, progress=False, source='scripted')['recorded'] == 1
+    ep = read_episode(episode_path(root, 's500000'))
+    assert ep['reward_state'].shape == (len(ep['image']), 7)
+    transitions = load_demo_transitions(root)
+    states = [t['frame_info']['reward_state'] for t in transitions]
+    assert len(states) == len(ep['obs']) and all(len(s) == 7 for s in states)
+    speeds = np.abs(np.asarray(states)).max(axis=1)
+    assert speeds.max() > 0.2 and speeds[-1] < 0.2  # the arm moves, then holds still at the goal
+    assert np.allclose(states[3], ep['reward_state'][3])

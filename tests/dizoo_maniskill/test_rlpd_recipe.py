@@ -70,7 +70,13 @@ def test_a_clip_classifier_sets_the_reward_model_and_the_env(tmp_path):
     main, create = arm_config('frozen', 'f', 'demos', checkpoint=still.save(str(tmp_path / 'still.safetensors')))
     assert (main.reward_model.clip_length, main.reward_model.num_frames) == (STILL['reward_frames'], STILL['num_frames'])
     assert main.reward_model.still_motion_threshold == 'auto' and create.reward_model.type == 'resnet_video'
-    assert main.env.reward_frames == 2
+    assert main.env.reward_frames == 2 and main.env.reward_state is False
+    # the joint-speed gate: the model reads it from the checkpoint, and the env emits the joint velocities
+    joint = make_video_model(clip_length=2, num_frames=2, frame_sampling='last', still_joint_speed=0.2,
+                             env_metadata=dict(env_meta, reward_frames=2, reward_frame_stride=1))
+    main, _ = arm_config('frozen', 'f', 'demos', checkpoint=joint.save(str(tmp_path / 'joint.safetensors')))
+    assert main.reward_model.still_joint_speed == 'auto' and main.env.reward_state is True
+    assert main.reward_model.still_motion_threshold is None
 
 
 def test_steps_to_reach_and_pooled_agreement():
