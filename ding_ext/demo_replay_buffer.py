@@ -20,7 +20,7 @@ from ding.utils import BUFFER_REGISTRY
 from ding.worker.replay_buffer.naive_buffer import NaiveReplayBuffer
 
 from .demo_episodes import DemoBuffer, load_demo_transitions
-from .transitions import IMAGE_KEY, SCORE_KEY, attach_score
+from .transitions import FRAME_INFO_KEY, IMAGE_KEY, SCORE_KEY, attach_score
 
 # set on every sampled transition: True for demonstrations
 DEMO_KEY = 'is_demo'
@@ -83,7 +83,9 @@ class DemoMixReplayBuffer(NaiveReplayBuffer):
             attach_score(t)
         out = {k: t[k] for k in keys}
         out[DEMO_KEY] = is_demo
-        for k in (IMAGE_KEY, SCORE_KEY):  # also where the other source lacks them (a frozen model's online
-            if k in t:                    # transitions are stored scored, without images: the demos still need theirs)
+        # also where the other source lacks them (a frozen model's online transitions are stored scored, without
+        # images: the demos still need theirs, and their frame_info, which holds a gated model's reward state)
+        for k in (IMAGE_KEY, SCORE_KEY, FRAME_INFO_KEY):
+            if k in t:
                 out[k] = t[k]
         return out

@@ -127,7 +127,8 @@ def test_demo_mix_samples_share_the_stored_score(tmp_path, monkeypatch):
     write_episode(d, 's1', dict(obs=rng.random((6, OBS), np.float32), next_obs=rng.random((6, OBS), np.float32),
                                 action=rng.random((6, 2), np.float32), reward=np.zeros(6, np.float32),
                                 done=np.arange(6) == 5, success=np.arange(6) >= 3,
-                                image=rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), image_step=np.arange(6)))
+                                image=rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), image_step=np.arange(6),
+                                reward_state=rng.random((6, 7), np.float32)))
     buf = create_buffer(EasyDict(type='demo_mix', replay_buffer_size=100, deepcopy=False, demo_path=d,
                                  demo_sample_ratio=0.5, enable_track_used_data=False, periodic_thruput_seconds=60),
                         exp_name='buf')
@@ -142,8 +143,11 @@ def test_demo_mix_samples_share_the_stored_score(tmp_path, monkeypatch):
         for it in range(10):
             batch = buf.sample(8, it)  # demos are drawn with replacement: a batch may hold one twice
             demos_seen |= {id(t['obs']) for t in batch if t['is_demo']}
-            out = model.estimate(batch)  # the demos keep their images although the online transitions have none
-            assert sum(t['is_demo'] for t in out) == 4
+            # the demos keep their images and frame_info (a gated model's joint velocities) although the online
+            # transitions have none; estimate() hands the learner neither
+            assert all(len(t['frame_info']['reward_state']) == 7 for t in batch if t['is_demo'])
+            out = model.estimate(batch)
+            assert sum(t['is_demo'] for t in out) == 4 and not any('frame_info' in t for t in out)
         assert sum(scored) == 6 + len(demos_seen)  # each online transition and each sampled demo scored once
     finally:
         close_replay_buffer(buf)

@@ -142,6 +142,45 @@ def test_rlpd_frozen_reward_scores_each_image_once(demo_dir, tmp_path, monkeypat
     assert predicted < sum(r['frames'] for r in rows), "the gate withheld success from moving clips"
 
 
+def test_rlpd_with_the_joint_speed_gate_rewards_only_a_still_arm(tmp_path_factory, tmp_path, monkeypatch):
+    """The joint-speed gate in RL: the env emits the arm's joint velocities (reward_state), the demos carry theirs,
+    and a frozen classifier that calls every frame a success is rewarded, demo or online, exactly where the arm's
+    largest joint speed is within the gate."""
+    from dizoo_maniskill.config.pickcube_base import ENV, RLPD_ENV
+    from dizoo_maniskill.record_demos import record_demos
+    from ding_ext.reward_models import ResNetVideoRewardModel
+    from entry import serial_pipeline_reward_model_offpolicy
+    from tests.ding_ext.helpers import force_probability
+    demos = str(tmp_path_factory.mktemp('rlpd_joint') / 'demos')
+    assert record_demos(demos, [500000], dict(ENV, **RLPD_ENV, image_size=IMAGE, reward_state=True),
+                        progress=False)['recorded'] == 1
+    monkeypatch.chdir(tmp_path)
+    frozen = ResNetVideoRewardModel(dict(type='resnet_video', clip_length=2, num_frames=2, frame_sampling='last',
+                                         still_joint_speed=0.2, **MODEL), 'cpu')
+    force_probability(frozen, 0.9)
+    main, create = rlpd_config(demos, 'exp_joint')
+    main.env.reward_state = True
+    main.reward_model.update(checkpoint_path=frozen.save(str(tmp_path / 'joint.safetensors')), cooptrain_reward=False,
+                             num_frames=2, still_motion_threshold=None, still_joint_speed='auto')
+    batches = []
+    real_learn = BaseLearner.train
+
+    def learn(self, data, envstep=-1, policy_kwargs=None):
+        batches.append(data)
+        return real_learn(self, data, envstep, policy_kwargs)
+
+    monkeypatch.setattr(BaseLearner, 'train', learn)
+    policy = serial_pipeline_reward_model_offpolicy((main, create), seed=0, max_train_iter=10, cooptrain_reward=False)
+    demo_states = {tuple(t['obs'].tolist()): max(abs(v) for v in t['frame_info']['reward_state'])
+                   for t in load_demo_transitions(demos)}
+    demo_rows = [(float(t['reward'].reshape(-1)[0]), demo_states[tuple(t['obs'].tolist())])
+                 for b in batches for t in b if t['is_demo']]
+    assert demo_rows and all(r == (1.0 if speed <= 0.2 else 0.0) for r, speed in demo_rows)
+    assert {r for r, _ in demo_rows} == {0.0, 1.0}  # the demo arm moves, then holds still at the goal
+    rows = policy.history['agreement']  # online: the env's frames, scored through the gate
+    assert rows and sum(r['tp'] + r['fp'] for r in rows) < sum(r['frames'] for r in rows)
+
+
 def test_demo_buffer_from_another_control_mode_is_refused(demo_dir, tmp_path, monkeypatch):
     from entry import serial_pipeline_reward_model_offpolicy
     monkeypatch.chdir(tmp_path)
