@@ -37,8 +37,8 @@ def joint_speed(states: Any, n: Optional[int] = None) -> torch.Tensor:
     mismatch, a missing batch (None) or a row of another length."""
     if states is None:
         raise ValueError(f"the joint-speed gate (still_joint_speed) needs the robot's joint velocities with the images "
-                         f"(observations['states'], a transition's frame_info['{REWARD_STATE_KEY}']; ManiSkill and "
-                         "Franka envs emit them with reward_state=True), got none")
+                         f"(observations['states'], a transition's frame_info['{REWARD_STATE_KEY}']: the ManiSkill env "
+                         "emits them with reward_state=True), got none")
     if isinstance(states, torch.Tensor):
         x = states.detach().to('cpu', torch.float32)
     else:

@@ -60,7 +60,7 @@ class BaseVideoRewardModel(BaseImageRewardModel):
         # (float) When training with still_joint_speed='auto': the fraction of the data's success clips the gate keeps.
         still_joint_speed_keep=1.0,
         # (str) Where a transition holds its reward state (``ding_ext.transitions.lookup``): the env's frame_info
-        # (ManiSkill and Franka envs with reward_state=True).
+        # (the ManiSkill env with reward_state=True).
         state_key='frame_info.reward_state',
     )
     config = dict(BaseImageRewardModel.config, type='base_video', **video_config)
