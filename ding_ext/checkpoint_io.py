@@ -104,6 +104,15 @@ def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], metadata:
     return path
 
 
+def update_checkpoint_metadata(path: str, updates: Mapping[str, Any]) -> Dict[str, Any]:
+    """Rewrite the checkpoint at ``path`` (atomically, same weights) with ``updates`` added to its metadata; returns
+    ``updates`` as a dict."""
+    weights, meta = load_checkpoint(path)
+    meta.update(updates)
+    save_checkpoint(path, weights, meta)
+    return dict(updates)
+
+
 def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Read a checkpoint; returns (state_dict with prefixes stripped, metadata or {}).
 

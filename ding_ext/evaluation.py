@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint_io import load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint_io import update_checkpoint_metadata, write_json_atomic
 
 METRIC_KEYS = ('loss', 'balanced_loss', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1',
                'tp', 'fp', 'fn', 'tn')
@@ -406,8 +406,4 @@ def calibration_metadata(report: Mapping[str, Any], data: str) -> Dict[str, Any]
 
 def store_calibration(checkpoint_path: str, report: Mapping[str, Any], data: str) -> Dict[str, Any]:
     """Rewrite ``checkpoint_path`` (atomically, same weights) with ``calibration_metadata`` added; returns it."""
-    calib = calibration_metadata(report, data)
-    weights, meta = load_checkpoint(checkpoint_path)
-    meta.update(calib)
-    save_checkpoint(checkpoint_path, weights, meta)
-    return calib
+    return update_checkpoint_metadata(checkpoint_path, calibration_metadata(report, data))

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint_io import load_checkpoint, save_checkpoint
+from .checkpoint_io import update_checkpoint_metadata
 from .transitions import REWARD_STATE_KEY
 
 # checkpoint metadata written by store_joint_speed (kept when the weights train on: it describes the robot)
@@ -125,12 +125,9 @@ def gate_training_split(frames: Sequence[Mapping[str, Any]], labels: Sequence[in
 
 def store_joint_speed(checkpoint: str, calibration: Mapping[str, Any]) -> Dict[str, Any]:
     """Rewrite ``checkpoint`` (atomically, same weights) with the calibration's threshold in its metadata."""
-    weights, meta = load_checkpoint(checkpoint)
-    stored = dict(still_joint_speed=float(calibration['threshold']), still_joint_speed_keep=float(calibration['keep']),
-                  still_joint_speed_data=str(calibration['data']))
-    meta.update(stored)
-    save_checkpoint(checkpoint, weights, meta)
-    return stored
+    return update_checkpoint_metadata(checkpoint, dict(
+        still_joint_speed=float(calibration['threshold']), still_joint_speed_keep=float(calibration['keep']),
+        still_joint_speed_data=str(calibration['data'])))
 
 
 def auto_joint_gate_keep(model_overrides: Dict[str, Any]) -> Optional[float]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint_io import load_checkpoint, save_checkpoint
+from .checkpoint_io import load_checkpoint, update_checkpoint_metadata
 from .image_utils import to_nchw
 from .video_frames import split_filmstrip
 
@@ -86,12 +86,9 @@ def calibrate_motion_thresholds(data_dir: str, clip_length: int, keeps: Sequence
 
 def store_motion_threshold(checkpoint: str, calibration: Dict[str, Any]) -> Dict[str, Any]:
     """Rewrite ``checkpoint`` (atomically, same weights) with the calibration's threshold in its metadata."""
-    weights, meta = load_checkpoint(checkpoint)
-    stored = dict(still_motion_threshold=float(calibration['threshold']), still_motion_keep=float(calibration['keep']),
-                  still_motion_data=str(calibration['data']))
-    meta.update(stored)
-    save_checkpoint(checkpoint, weights, meta)
-    return stored
+    return update_checkpoint_metadata(checkpoint, dict(
+        still_motion_threshold=float(calibration['threshold']), still_motion_keep=float(calibration['keep']),
+        still_motion_data=str(calibration['data'])))
 
 
 def calibrate_auto_gate(data_dir: str, model_overrides: Dict[str, Any]) -> Optional[Dict[str, Any]]:

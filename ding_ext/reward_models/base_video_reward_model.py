@@ -93,45 +93,46 @@ class BaseVideoRewardModel(BaseImageRewardModel):
             raise ValueError("still_motion_threshold compares the last two frames of a clip: it needs clip_length >= 2, "
                              f"got {c.clip_length}")
 
+    def _gate_setting(self, key: str, how_to_store: str) -> Optional[float]:
+        """A gate's threshold from config ``key``: None (no gate), a number, or 'auto': the one stored under ``key``
+        in the loaded checkpoint (an error naming ``how_to_store`` when it has none)."""
+        t = self.cfg[key]
+        if t != 'auto':
+            return None if t is None else float(t)
+        value = self.loaded_metadata.get(key)
+        if value is None:
+            raise ValueError(f"{key}='auto' needs a checkpoint with a stored {key}, but "
+                             f"{self.cfg.checkpoint_path or 'no checkpoint'} has none; {how_to_store}, or set a number")
+        return float(value)
+
     @property
     def motion_threshold(self) -> Optional[float]:
         """The still-scene gate's threshold (None: no gate); 'auto' reads it from the loaded checkpoint."""
-        t = self.cfg.still_motion_threshold
-        if t != 'auto':
-            return None if t is None else float(t)
-        value = self.loaded_metadata.get('still_motion_threshold')
-        if value is None:
-            raise ValueError(
-                f"still_motion_threshold='auto' needs a checkpoint with a stored still_motion_threshold, but "
-                f"{self.cfg.checkpoint_path or 'no checkpoint'} has none; run `python -m ding_ext.motion_gate "
-                "--checkpoint CKPT --data DIR --store` on labelled clips, or set a number")
-        return float(value)
+        return self._gate_setting('still_motion_threshold', "run `python -m ding_ext.motion_gate --checkpoint CKPT "
+                                  "--data DIR --store` on labelled clips")
 
     @property
     def joint_speed_threshold(self) -> Optional[float]:
         """The joint-speed gate's threshold in rad/s (None: no gate); 'auto' reads it from the loaded checkpoint."""
-        t = self.cfg.still_joint_speed
-        if t != 'auto':
-            return None if t is None else float(t)
-        value = self.loaded_metadata.get('still_joint_speed')
-        if value is None:
-            raise ValueError(
-                f"still_joint_speed='auto' needs a checkpoint with a stored still_joint_speed, but "
-                f"{self.cfg.checkpoint_path or 'no checkpoint'} has none; train with still_joint_speed='auto', run "
-                "`python -m ding_ext.joint_speed_gate --data DIR --checkpoint CKPT --store`, or set a number")
-        return float(value)
+        return self._gate_setting('still_joint_speed', "train with still_joint_speed='auto', run `python -m "
+                                  "ding_ext.joint_speed_gate --data DIR --checkpoint CKPT --store`")
 
     @property
     def needs_states(self) -> bool:
         """True when scoring needs the robot's joint velocities with the images (the joint-speed gate is on)."""
         return self.joint_speed_threshold is not None
 
-    def gate_joint_speed(self, states: Any, probs: torch.Tensor) -> torch.Tensor:
-        """``probs``, 0 where the reward state's largest joint speed exceeds the gate (unchanged without a gate)."""
-        tau = self.joint_speed_threshold
-        if tau is None:
+    def joint_speeds(self, states: Any, n: int) -> Optional[torch.Tensor]:
+        """The largest joint speed of each of the ``n`` clips' states for the joint-speed gate (None without a gate;
+        an error naming what is wrong with ``states``): computed before scoring, so a bad state costs no forward
+        pass."""
+        return joint_speed(states, n) if self.needs_states else None
+
+    def gate_joint_speed(self, speeds: Optional[torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
+        """``probs``, 0 where ``speeds`` (``joint_speeds``) exceed the gate (unchanged without a gate)."""
+        if speeds is None:
             return probs
-        return torch.where(joint_speed(states, len(probs)) <= tau, probs, torch.zeros_like(probs))
+        return torch.where(speeds <= self.joint_speed_threshold, probs, torch.zeros_like(probs))
 
     def collect_data(self, data: List[Dict[str, Any]]) -> None:
         """As for single frames; with the joint-speed gate, only the clips it passes are kept (the classifier learns
@@ -152,9 +153,8 @@ class BaseVideoRewardModel(BaseImageRewardModel):
     def predict_proba(self, images: Any, *, states: Any = None) -> torch.Tensor:
         """Success probability per clip; with the still-scene gate, 0 where the last two frames show motion; with the
         joint-speed gate, 0 where ``states`` (one row of joint velocities per clip) show a moving robot."""
-        if self.needs_states:  # checked before scoring: a missing state is an error, not a wasted forward pass
-            joint_speed(states, batch_size(images))
-        return self.gate_joint_speed(states, self.gate_still(images, super().predict_proba(images)))
+        speeds = self.joint_speeds(states, batch_size(images))
+        return self.gate_joint_speed(speeds, self.gate_still(images, super().predict_proba(images)))
 
     def checkpoint_metadata(self) -> Dict[str, Any]:
         """The base metadata plus the still-scene threshold: the configured one, else the loaded checkpoint's (it

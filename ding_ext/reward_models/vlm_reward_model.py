@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 from ding.utils import REWARD_MODEL_REGISTRY
 
-from ..joint_speed_gate import joint_speed
 from ..observations import (TaskDescriptions, batch_size, check_task_descriptions, images_from_observations,
                             states_from_observations)
 from ..precision import PRECISIONS, resolve_precision
@@ -215,8 +214,7 @@ class VLMRewardModel(BaseVideoRewardModel):
         n = batch_size(images)
         if n == 0:
             raise ValueError("empty image batch: no images to score")
-        if self.needs_states:
-            joint_speed(states, n)
+        speeds = self.joint_speeds(states, n)
         prompts = self.chat_prompts(task_descriptions, n)
         step = int(self.cfg.inference_batch_size)
         out = []
@@ -225,7 +223,7 @@ class VLMRewardModel(BaseVideoRewardModel):
                 inputs = self.model_inputs(images[i:i + step], prompts[i:i + step])
                 logits = self.network(**inputs, logits_to_keep=1).logits[:, -1]
                 out.append(self.answer_probability(logits).cpu())
-        return self.gate_joint_speed(states, self.gate_still(images, torch.cat(out)))
+        return self.gate_joint_speed(speeds, self.gate_still(images, torch.cat(out)))
 
     def compute_rewards(self, images: Any, task_descriptions: TaskDescriptions = None, *,
                         states: Any = None) -> torch.Tensor:
